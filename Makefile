@@ -1,0 +1,31 @@
+# `make demo` and `make test` do everything on a fresh machine: the first call creates
+# the virtual environment in .venv and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+# Pinned: this version installs a CPU build; an unpinned torch pulls a multi-GB CUDA build.
+# `make test TORCH=` skips torch (the .pth tests then skip; the .npz route needs no torch).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo-digits
+
+.PHONY: install demo test clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH) -e ".[dev$(if $(TORCH),$(comma)torch)]"
+	touch $(STAMP)
+
+comma := ,
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/upanets-keras models
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

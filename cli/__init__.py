@@ -1,0 +1,1 @@
+"""The upanets-keras command line (installed as `upanets_keras_cli`)."""

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import keras
+
+from upanets_keras import (
+    ChannelPixelAttention,
+    ParameterFreeLayerNorm,
+    ReferenceBatchNormalization,
+    SpatialPixelAttention,
+)
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def test_layer_norm_matches_numpy():
+    x = _rand(3, 4, 5, 6)
+    layer = ParameterFreeLayerNorm()
+    y = layer(x).numpy()
+    flat = x.reshape(3, -1)
+    ref = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.reshape(3, -1), ref, rtol=1e-5, atol=1e-5)
+    assert layer.count_params() == 0
+
+
+def test_spatial_pixel_attention_is_a_row_major_linear_map_over_pixels():
+    x = _rand(2, 4, 6, 3)
+    spa = SpatialPixelAttention()
+    y = spa(x).numpy()
+    k, b = spa.kernel.numpy(), spa.bias.numpy()
+    assert spa.kernel.shape == (4, 6) and y.shape == (2, 3)
+    # PyTorch view: (B, C, H*W) @ w(H*W) + b with w flattened row-major
+    ref = np.transpose(x, (0, 3, 1, 2)).reshape(2, 3, 24) @ k.reshape(24) + b
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_batchnorm_updates_running_variance_like_pytorch():
+    x = _rand(4, 3, 3, 2) * 3 + 1
+    bn = ReferenceBatchNormalization()
+    y = bn(x, training=True).numpy()
+    flat = x.reshape(-1, 2)
+    n = flat.shape[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), 0.9 + 0.1 * flat.var(0) * n / (n - 1), rtol=1e-5
+    )
+    ref = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)  # normalised with the biased variance
+    np.testing.assert_allclose(y.reshape(-1, 2), ref, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.9 and bn.epsilon == 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, in_ch, out_shape",
+    [
+        ({"filters": 8, "same": True}, 8, (2, 8, 8, 8)),
+        ({"filters": 8, "strides": 2}, 4, (2, 4, 4, 8)),
+        ({"filters": 8}, 4, (2, 8, 8, 8)),
+    ],
+)
+def test_cpa_modes_with_shortcut(kwargs, in_ch, out_shape):
+    x = _rand(2, 8, 8, in_ch)
+    s = _rand(2, 8, 8, kwargs["filters"], seed=1)
+    cpa = ChannelPixelAttention(**kwargs)
+    assert tuple(cpa([x, s]).shape) == out_shape
+    assert cpa.has_projection_shortcut == (kwargs.get("strides") == 2 or kwargs.get("same", False))
+
+
+def test_cpa_embedding_mode_after_any_cnn_layer():
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(12, 3, padding="same")(inputs)
+    out = ChannelPixelAttention(12, same=True, name="cpa")(h)  # no shortcut input
+    model = keras.Model(inputs, out)
+    y = model(_rand(2, 16, 16, 3)).numpy()
+    assert y.shape == (2, 16, 16, 12) and np.isfinite(y).all()
+    # differing channels: a = LN(a), and the shortcut feeds the projection
+    x = _rand(2, 8, 8, 4)
+    s = _rand(2, 8, 8, 5, seed=2)
+    cpa = ChannelPixelAttention(6, strides=2)
+    assert tuple(cpa([x, s]).shape) == (2, 4, 4, 6)
+    assert cpa.cp_ffc_sc.kernel.shape == (5, 6)
+    with pytest.raises(ValueError, match="same height and width"):
+        ChannelPixelAttention(6, strides=2)([x, _rand(2, 4, 4, 6)])
+
+
+def test_cpa_computation_matches_a_numpy_reference():
+    x = _rand(2, 4, 4, 3)
+    s = _rand(2, 4, 4, 5, seed=3)
+    cpa = ChannelPixelAttention(5, same=True)
+    y = cpa([x, s], training=False).numpy()
+
+    def ln(t):
+        f = t.reshape(t.shape[0], -1)
+        f = (f - f.mean(1, keepdims=True)) / np.sqrt(f.var(1, keepdims=True) + 1e-5)
+        return f.reshape(t.shape)
+
+    def bn_eval(t, bn):
+        return (t - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-5) * bn.gamma.numpy() + bn.beta.numpy()
+
+    a = bn_eval(x @ cpa.cp_ffc.kernel.numpy() + cpa.cp_ffc.bias.numpy(), cpa.bn)
+    ref = ln(s + a) + bn_eval(x @ cpa.cp_ffc_sc.kernel.numpy() + cpa.cp_ffc_sc.bias.numpy(), cpa.bn_sc)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        ChannelPixelAttention(8, strides=2, name="cpa", bn_epsilon=1e-4),
+        SpatialPixelAttention(name="spa"),
+        ParameterFreeLayerNorm(epsilon=1e-6, name="ln"),
+        ReferenceBatchNormalization(name="bn"),
+    ],
+)
+def test_config_round_trip(layer):
+    config = layer.get_config()
+    clone = layer.__class__.from_config(config)
+    assert clone.get_config() == config
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(revived) is type(layer) and revived.get_config() == config
+
+
+def test_layer_argument_validation():
+    with pytest.raises(ValueError, match="Received: filters=0"):
+        ChannelPixelAttention(0)
+    with pytest.raises(ValueError, match="Received: strides=3"):
+        ChannelPixelAttention(4, strides=3)
+    with pytest.raises(ValueError, match="known height and width"):
+        SpatialPixelAttention()(keras.Input((None, None, 3)))

@@ -1,0 +1,36 @@
+"""UPANets (Universal Pixel Attention Networks) in Keras 3.
+
+Example:
+>>> import upanets_keras
+>>> model = upanets_keras.create_model("upanets16", num_classes=10)
+"""
+
+__version__ = "0.1.0"
+
+from upanets_keras.layers import (  # noqa: E402
+    ChannelPixelAttention,
+    ParameterFreeLayerNorm,
+    ReferenceBatchNormalization,
+    SpatialPixelAttention,
+)
+from upanets_keras.model import apply_upa_block, build_upanets  # noqa: E402
+from upanets_keras.optimizers import ReferenceSGD  # noqa: E402
+from upanets_keras.saving import load_model  # noqa: E402
+from upanets_keras.variants import count_parameters, create_model, list_models  # noqa: E402
+from upanets_keras.weights import CheckpointError, load_reference_weights  # noqa: E402
+
+__all__ = [
+    "ChannelPixelAttention",
+    "CheckpointError",
+    "ParameterFreeLayerNorm",
+    "ReferenceBatchNormalization",
+    "ReferenceSGD",
+    "SpatialPixelAttention",
+    "apply_upa_block",
+    "build_upanets",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_model",
+    "load_reference_weights",
+]

@@ -1,0 +1,47 @@
+"""Loading saved UPANets `.keras` files with clear errors."""
+
+import os
+import zipfile
+
+import keras
+
+import upanets_keras.layers  # noqa: F401  (registers the custom layers for deserialisation)
+import upanets_keras.optimizers  # noqa: F401
+
+
+class ModelFileError(ValueError):
+    """A `.keras` file that is missing, unreadable or not a UPANets model."""
+
+
+def is_upanets(model):
+    """Whether `model` was built by `build_upanets`."""
+    names = {layer.name for layer in getattr(model, "layers", [])}
+    return "emb_cpa" in names and "logits" in names
+
+
+def load_model(path, compile=False):
+    """Load a UPANets `.keras` file with `safe_mode=True`.
+
+    Args:
+        path: the `.keras` file.
+        compile: also restore the training configuration.
+
+    Returns:
+        The `keras.Model`.
+
+    Example:
+    >>> model = load_model("runs/digits/best.keras")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file not found: {path}")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a Keras v3 .keras file (save models with model.save('x.keras'))")
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as e:  # Keras raises several types for foreign or damaged files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFileError(f"cannot load {path} as a UPANets model ({first[:300]})") from None
+    if not is_upanets(model):
+        raise ModelFileError(f"{path} holds model '{model.name}', which is not a UPANets model")
+    return model

@@ -1,0 +1,51 @@
+"""Named UPANets variants of the paper and `create_model`."""
+
+from upanets_keras.model import build_upanets
+
+VARIANTS = {
+    "upanets16": {"filters": 16, "blocks": 1},
+    "upanets32": {"filters": 32, "blocks": 1},
+    "upanets64": {"filters": 64, "blocks": 1},
+}
+
+
+def list_models():
+    """Names of the registered variants, e.g. `['upanets16', 'upanets32', 'upanets64']`."""
+    return sorted(VARIANTS, key=lambda name: VARIANTS[name]["filters"])
+
+
+def variant_config(name):
+    """The builder arguments of variant `name` (a copy)."""
+    if name not in VARIANTS:
+        raise ValueError(
+            f"Unknown UPANets variant; choose one of {', '.join(list_models())}. "
+            f"Received: name={name!r}"
+        )
+    return dict(VARIANTS[name])
+
+
+def create_model(variant, num_classes=10, input_shape=(32, 32, 3), **overrides):
+    """Build a registered variant, with any `build_upanets` argument overridden.
+
+    Args:
+        variant: a name from `list_models()`.
+        num_classes: number of logits.
+        input_shape: `(height, width, channels)`.
+        **overrides: other `build_upanets` arguments (`blocks`, `dtype`, ...).
+
+    Returns:
+        A `keras.Model` named after the variant.
+
+    Example:
+    >>> model = create_model("upanets16", num_classes=100)
+    >>> model.count_params()  # doctest: +SKIP
+    """
+    config = variant_config(variant)
+    config.update(overrides)
+    config.setdefault("name", variant)
+    return build_upanets(num_classes=num_classes, input_shape=input_shape, **config)
+
+
+def count_parameters(model):
+    """Number of trainable parameters of `model`."""
+    return int(sum(v.numpy().size for v in model.trainable_variables))
