@@ -21,8 +21,10 @@ comma := ,
 
 install: $(STAMP)
 
+# The main job, offline: train UPANets (f=8) on scikit-learn's handwritten digits, then score it.
 demo: $(STAMP)
-	$(BIN)/upanets-keras models
+	$(BIN)/upanets-keras train --dataset digits --filters 8 --epochs 8 -o $(DEMO_DIR) --overwrite
+	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

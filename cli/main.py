@@ -143,5 +143,171 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
     )
 
 
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "digits")
+VARIANT_NAMES = ("upanets16", "upanets32", "upanets64")
+
+
+def load_config_file(ctx, param, value):
+    """`--config FILE`: YAML or JSON defaults for any option (command-line values win)."""
+    if not value:
+        return value
+    import yaml
+
+    try:
+        with open(value) as f:
+            loaded = yaml.safe_load(f)  # YAML is a superset of JSON
+    except (OSError, yaml.YAMLError) as e:
+        raise click.BadParameter(f"cannot read {value}: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in loaded.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known or name == "config":
+            raise click.BadParameter(f"{value}: unknown option '{key}'")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+@cli.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_config_file,
+              is_eager=True, expose_value=False, help="YAML/JSON file of defaults for any option below.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder (tfds data dir, CIFAR archives, tiny-imagenet-200/, or an image folder).")
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), help="A named variant (overrides --filters/--blocks).")
+@click.option("--filters", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--blocks", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--image-size", type=click.IntRange(min=8), help="Resize images to this side [default: the dataset's].")
+@click.option("--epochs", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak learning rate, cosine-annealed to 0.")
+@click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
+@click.option("--warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--val-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
+@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-upanetsF].")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
+@user_errors
+def train(overwrite, **options):
+    """Train UPANets with the paper's recipe; resumable.
+
+    Defaults are the paper's: batch 100, SGD lr 0.1, momentum 0.9, weight
+    decay 5e-4 coupled into the gradient, cosine annealing to 0, pad-and-crop
+    and flip augmentation. The run directory gets config.json, best.keras,
+    last.keras, history.csv, history.png, TensorBoard logs and metrics.json.
+    Killing a run and re-running the same command resumes it.
+
+    Example: upanets-keras train --dataset digits --filters 8 --epochs 8
+    """
+    from upanets_keras.training import TrainConfig, train as run_training
+
+    if not options["output_dir"]:
+        options["output_dir"] = os.path.join("runs", f"{options['dataset']}-{options['variant'] or 'upanets%d' % options['filters']}")
+    metrics = run_training(TrainConfig(**options), overwrite=overwrite, echo=click.echo)
+    click.echo(
+        f"test accuracy {metrics['test_accuracy']:.4f}  top-5 {metrics['test_top5_accuracy']:.4f}  "
+        f"loss {metrics['test_loss']:.4f}  (best epoch {metrics['best_epoch']}, "
+        f"val {metrics['best_val_accuracy']:.4f}); results in {options['output_dir']}"
+    )
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dataset", type=click.Choice(DATASETS), required=True)
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--val-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
+@click.option("--seed", default=0, show_default=True, type=int, help="As in training, to rebuild the same validation split.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
+@user_errors
+def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, as_json):
+    """Score a saved .keras model on a dataset split.
+
+    Prints top-1, top-5, loss and per-class accuracy. The model's own
+    preprocessing (stored in the file) is used.
+
+    Example: upanets-keras evaluate runs/digits-upanets8/best.keras --dataset digits
+    """
+    import json
+
+    import upanets_keras
+    from upanets_keras import data as data_lib
+    from upanets_keras.evaluation import evaluate_arrays, plot_confusion_matrix
+    from upanets_keras.saving import class_names_of
+
+    model = upanets_keras.load_model(model_path)
+    if "preprocess" not in {layer.name for layer in model.layers}:
+        click.echo("warning: the model has no built-in normalisation; it is fed raw 0-255 pixels", err=True)
+    image_size = model.input_shape[1]
+    splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=image_size, val_split=val_split, seed=seed)
+    if splits.info.num_classes != model.output_shape[-1]:
+        raise click.ClickException(
+            f"the model predicts {model.output_shape[-1]} classes but {dataset} has {splits.info.num_classes}; "
+            "evaluate it on the dataset it was trained for"
+        )
+    x, y = getattr(splits, split)
+    result = evaluate_arrays(model, x, y, batch_size)
+    names = class_names_of(model)
+    result = {"model": model_path, "dataset": dataset, "split": split, **result}
+    if plot:
+        plot_confusion_matrix(result["confusion_matrix"], names, plot)
+    if as_json:
+        result["class_names"] = names
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{dataset} {split}: {result['num_images']} images")
+    click.echo(f"top-1 accuracy {result['accuracy']:.4f}  top-5 accuracy {result['top5_accuracy']:.4f}  loss {result['loss']:.4f}")
+    click.echo("per-class accuracy:")
+    for name, acc in zip(names, result["per_class_accuracy"]):
+        click.echo(f"  {name:<20} {'n/a' if acc is None else f'{acc:.4f}'}")
+    if plot:
+        click.echo(f"confusion matrix written to {plot}")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@user_errors
+def predict(model_path, images, top_k, as_json):
+    """Classify image files with a saved .keras model.
+
+    Images of any size and mode are converted to RGB at the model's input size.
+
+    Example: upanets-keras predict best.keras cat.png dog.jpg --top-k 3
+    """
+    import json
+
+    import numpy as np
+
+    import upanets_keras
+    from upanets_keras.data import load_image_files
+    from upanets_keras.saving import class_names_of
+
+    model = upanets_keras.load_model(model_path)
+    names = class_names_of(model)
+    x = load_image_files(list(images), model.input_shape[1])
+    logits = np.asarray(model.predict(x.astype("float32"), verbose=0), dtype="float64")
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    k = min(top_k, len(names))
+    for path, p in zip(images, probs):
+        order = np.argsort(-p)[:k]
+        top = [{"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]
+        if as_json:
+            click.echo(json.dumps({"image": path, "top": top}))
+        else:
+            click.echo(path + ": " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+
+
 if __name__ == "__main__":
     cli()

@@ -4,6 +4,7 @@ import keras
 
 from upanets_keras.layers import (
     ChannelPixelAttention,
+    ClassLabels,
     ParameterFreeLayerNorm,
     ReferenceBatchNormalization,
     SpatialPixelAttention,
@@ -137,6 +138,7 @@ def build_upanets(
     dtype=None,
     pixel_mean=None,
     pixel_std=None,
+    class_names=None,
 ):
     """Build UPANets as a Keras functional model returning logits.
 
@@ -154,6 +156,8 @@ def build_upanets(
             (`(x / 255 - mean) / std`) in a layer named `preprocess`, so the
             preprocessing travels with saved models.
         pixel_std: optional per-channel standard deviation on the 0-1 scale.
+        class_names: optional names of the classes, stored in the model (an
+            identity layer named `class_labels` after the logits).
 
     Returns:
         A `keras.Model` mapping images to logits.
@@ -203,4 +207,10 @@ def build_upanets(
         name="logits",
         dtype=logits_dtype,
     )(h)
+    if class_names is not None:
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"`class_names` needs {num_classes} names. Received: {len(class_names)} names"
+            )
+        logits = ClassLabels(class_names, name="class_labels", dtype=logits_dtype)(logits)
     return keras.Model(inputs, logits, name=name or f"upanets{filters}")

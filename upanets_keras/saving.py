@@ -45,3 +45,11 @@ def load_model(path, compile=False):
     if not is_upanets(model):
         raise ModelFileError(f"{path} holds model '{model.name}', which is not a UPANets model")
     return model
+
+
+def class_names_of(model):
+    """The class names stored in `model`, or `['0', '1', ...]` when it has none."""
+    for layer in model.layers:
+        if getattr(layer, "class_names", None):
+            return list(layer.class_names)
+    return [str(i) for i in range(model.output_shape[-1])]

@@ -1,0 +1,195 @@
+"""Training, evaluation and prediction end to end on scikit-learn's digits (real data, offline)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from upanets_keras_cli.main import cli
+
+TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64"]
+CLI = [sys.executable, "-m", "upanets_keras_cli.main"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def epochs_in(history):
+    with open(history, newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run through the CLI, options from a YAML --config file."""
+    out = tmp_path_factory.mktemp("run") / "digits"
+    config = out.parent / "options.yaml"
+    config.write_text("dataset: digits\nfilters: 4\nimage-size: 16\nbatch_size: 64\nepochs: 2\n")
+    result = run("train", "--config", config, "--seed", 3, "-o", out)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_train_writes_the_run_directory(trained):
+    out, output = trained
+    assert "epoch 1/2" in output and "epoch 2/2" in output and "test accuracy" in output
+    for name in ["config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json"]:
+        assert (out / name).is_file(), name
+    assert any((out / "logs").rglob("*tfevents*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ["test_accuracy", "test_top5_accuracy", "test_loss", "best_val_accuracy",
+                "epochs_completed", "train_images_per_second"]:
+        assert key in metrics
+    assert metrics["epochs_completed"] == 2 and metrics["train_images_per_second"] > 0
+    assert metrics["test_accuracy"] > 0.3  # far above the 0.1 of chance after two epochs
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["filters"] == 4 and config["run"]["seed"] == 3  # file and command line merged
+    assert config["precision"] == "float32" and "tensorflow" in config["versions"]
+    assert epochs_in(out / "history.csv") == [0, 1]
+    assert not (out / "backup").exists()
+
+
+def test_evaluate_in_a_fresh_process_matches_training_metrics(trained, tmp_path):
+    out, _ = trained
+    plot = tmp_path / "cm.png"
+    proc = subprocess.run(
+        CLI + ["evaluate", str(out / "best.keras"), "--dataset", "digits", "--json", "--plot", str(plot)],
+        capture_output=True, text=True, check=True,
+    )
+    result = json.loads(proc.stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert result["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert result["top5_accuracy"] == pytest.approx(metrics["test_top5_accuracy"], abs=1e-6)
+    assert result["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+    assert len(result["per_class_accuracy"]) == 10 and result["class_names"][3] == "3"
+    assert np.asarray(result["confusion_matrix"]).sum() == result["num_images"] == 359
+    assert Image.open(plot).size[0] > 100
+
+
+def test_predict_names_classes(trained, tmp_path):
+    from sklearn.datasets import load_digits
+
+    out, _ = trained
+    digits = load_digits()
+    paths = []
+    for i in (0, 1):
+        img = Image.fromarray((digits.images[i] * 255 / 16).astype("uint8"), mode="L").resize((40, 40))
+        paths.append(tmp_path / f"digit{i}.png")
+        img.save(paths[-1])
+    result = run("predict", out / "best.keras", *paths, "--top-k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert len(lines) == 2 and len(lines[0]["top"]) == 3
+    assert lines[0]["top"][0]["class"] in [str(d) for d in range(10)]
+    assert sum(t["probability"] for t in lines[0]["top"]) <= 1.0 + 1e-6
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    result = run("predict", out / "best.keras", bad)
+    assert result.exit_code == 1 and "bad.png" in result.output
+
+
+def test_finished_run_is_not_overwritten(trained):
+    out, _ = trained
+    before = (out / "metrics.json").read_text()
+    result = run("train", *TINY, "--epochs", 2, "--seed", 3, "-o", out)
+    assert result.exit_code == 1 and "finished run" in result.output and "--overwrite" in result.output
+    assert (out / "metrics.json").read_text() == before
+    result = run("train", *TINY, "--epochs", 3, "-o", out.parent / "other", "--lr", 0.05)
+    # a different run dir is fine; a different configuration in an unfinished dir is refused:
+    assert result.exit_code == 0, result.output
+
+
+def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
+    out = tmp_path / "run"
+    args = CLI + ["train", *TINY, "--epochs", "4", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if meta.exists() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()
+    done = json.loads(meta.read_text())["epoch"]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Resuming {out} after epoch {done} of 4" in result.stdout
+    assert "epoch 1/4" not in result.stdout
+    assert epochs_in(out / "history.csv") == [0, 1, 2, 3]
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
+    result = subprocess.run(CLI + ["train", *TINY, "--epochs", "5", "-o", str(out)], capture_output=True, text=True)
+    assert result.returncode == 1 and "finished run" in result.stderr
+
+
+def test_unfinished_run_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"run": {"dataset": "digits", "filters": 8}}))
+    result = run("train", *TINY, "--epochs", 1, "-o", out)
+    assert result.exit_code == 1 and "other settings" in result.output and "filters" in result.output
+
+
+def test_nan_loss_stops_with_a_message(tmp_path):
+    out = tmp_path / "nan"
+    result = run("train", *TINY, "--epochs", 2, "--lr", 1e30, "-o", out)
+    assert result.exit_code == 1 and "loss became" in result.output and "Traceback" not in result.output
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "5000"], "larger than the"),
+        (["--image-size", "20"], "8"),
+        (["--filters", "6"], "Received: filters=6"),
+        (["--dataset", "folder"], "data"),
+    ],
+)
+def test_bad_training_input_is_one_line(tmp_path, args, message):
+    base = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--epochs", "1"]
+    result = run("train", *base, *args, "-o", tmp_path / "r")
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unknown_dataset_and_unwritable_output(tmp_path):
+    result = run("train", "--dataset", "mnist")
+    assert result.exit_code == 2 and "mnist" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("train", *TINY, "--epochs", 1, "-o", blocker / "run")
+    assert result.exit_code == 1 and "cannot write" in result.output
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(trained, tmp_path):
+    out, _ = trained
+    for cls in ("a", "b", "c"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (i * 40, 10, 10)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    result = run("evaluate", out / "best.keras", "--dataset", "folder", "--data-dir", tmp_path / "imgs")
+    assert result.exit_code == 1 and "predicts 10 classes" in result.output
+
+
+def test_epoch_cosine_schedule_matches_pytorch_cosine_annealing():
+    from upanets_keras.training import EpochCosineSchedule
+
+    schedule = EpochCosineSchedule(0.1, steps_per_epoch=3, epochs=5)
+    lrs = [float(schedule(step)) for step in range(15)]
+    expected = [0.05 * (1 + np.cos(np.pi * e / 5)) for e in range(5)]
+    np.testing.assert_allclose(lrs, np.repeat(expected, 3), rtol=1e-6, atol=1e-8)
+    warm = EpochCosineSchedule(0.1, steps_per_epoch=1, epochs=4, warmup_epochs=1)
+    np.testing.assert_allclose([float(warm(s)) for s in range(4)], [0.05, 0.1, 0.075, 0.025], rtol=1e-5)
