@@ -193,3 +193,20 @@ def test_epoch_cosine_schedule_matches_pytorch_cosine_annealing():
     np.testing.assert_allclose(lrs, np.repeat(expected, 3), rtol=1e-6, atol=1e-8)
     warm = EpochCosineSchedule(0.1, steps_per_epoch=1, epochs=4, warmup_epochs=1)
     np.testing.assert_allclose([float(warm(s)) for s in range(4)], [0.05, 0.1, 0.075, 0.025], rtol=1e-5)
+
+
+def test_mixed_precision_run_scales_the_loss_and_keeps_float32_logits(tmp_path):
+    import keras
+
+    from upanets_keras.training import TrainConfig, train
+
+    config = TrainConfig(dataset="digits", filters=4, image_size=16, batch_size=64, epochs=1,
+                         precision="mixed_float16", output_dir=str(tmp_path / "mp"))
+    metrics = train(config, echo=lambda *_: None)
+    assert np.isfinite(metrics["test_loss"])
+    assert json.loads((tmp_path / "mp" / "config.json").read_text())["precision"] == "mixed_float16"
+    model = keras.saving.load_model(tmp_path / "mp" / "last.keras", safe_mode=True)
+    assert model.get_layer("stage1_block0_cpa").compute_dtype == "float16"
+    assert model.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored

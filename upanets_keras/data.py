@@ -1092,7 +1092,8 @@ def _check_xy(x, y):
     return x, y.astype(np.int32)
 
 
-def _check_batch_size(batch_size, n, what):
+def _check_batch_size(batch_size, n=None, what=None):
+    """A positive int; with `n`, also at most the `n` images of the `what` set."""
     try:
         batch_size = int(batch_size)
     except (TypeError, ValueError):
@@ -1100,7 +1101,7 @@ def _check_batch_size(batch_size, n, what):
     if batch_size < 1:
         raise DataError(f"batch size must be a positive integer, got "
                         f"{batch_size}: pass e.g. --batch-size 64")
-    if batch_size > n:
+    if n is not None and batch_size > n:
         raise DataError(f"batch size {batch_size} is larger than the "
                         f"{what} set ({n} images): use a smaller --batch-size "
                         f"(at most {n})")
@@ -1245,13 +1246,7 @@ def make_eval_dataset(x, y, batch_size) -> tf.data.Dataset:
     """
     x, y = _check_xy(x, y)
     n = len(x)
-    try:
-        batch_size = int(batch_size)
-    except (TypeError, ValueError):
-        batch_size = 0
-    if batch_size < 1:
-        raise DataError(f"batch size must be a positive integer, got "
-                        f"{batch_size}: pass e.g. --batch-size 64")
+    batch_size = _check_batch_size(batch_size)
     images = _cache_variable(x)
     labels = tf.constant(y, tf.int32)
 

@@ -196,7 +196,8 @@ class EpochSummary(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        schedule = self.model.optimizer._learning_rate  # the rate this epoch ran at
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        schedule = optimizer._learning_rate  # the rate this epoch ran at
         lr = float(schedule(epoch * self.steps)) if callable(schedule) else float(schedule)
         self.echo(
             f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
@@ -289,11 +290,17 @@ def plot_history(history_csv, path):
     plt.close(fig)
 
 
-def compile_for_training(model, config, steps_per_epoch, jit_compile):
-    """Compile with the paper's recipe (ReferenceSGD, epoch-wise cosine, cross-entropy)."""
+def compile_for_training(model, config, steps_per_epoch, jit_compile, precision="float32"):
+    """Compile with the paper's recipe (ReferenceSGD, epoch-wise cosine, cross-entropy).
+
+    Under float16 the optimizer is wrapped in dynamic loss scaling.
+    """
     schedule = EpochCosineSchedule(config.lr, steps_per_epoch, config.epochs, config.warmup_epochs)
+    optimizer = ReferenceSGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=ReferenceSGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
@@ -370,7 +377,7 @@ def train(config, overwrite=False, echo=print, verbose=None):
         )
     finally:
         keras.config.set_dtype_policy("float32")
-    compile_for_training(model, config, steps, jit)
+    compile_for_training(model, config, steps, jit, precision)
     echo(
         f"UPANets filters={config.filters} blocks={config.blocks}: {count_parameters(model):,} parameters; "
         f"{info.name}: {len(x_train)} train / {len(splits.val[0])} val / {len(splits.test[0])} test images "
