@@ -471,18 +471,14 @@ def _find_cifar_files(name, data_dir):
     bin_files = sum(_CIFAR_BIN_FILES[name][:2], []) + [_CIFAR_BIN_FILES[name][2]]
     if data_dir is None or not data_dir.is_dir():
         return None
-    for folder in (data_dir / py_dir, data_dir):
-        if all((folder / f).is_file() for f in py_files):
-            return _read_files_from_dir(folder, py_files), "python", folder
-    if (data_dir / py_tar).is_file():
-        path = data_dir / py_tar
-        return _read_files_from_tar(path, py_dir, py_files), "python", path
-    for folder in (data_dir / bin_dir, data_dir):
-        if all((folder / f).is_file() for f in bin_files):
-            return _read_files_from_dir(folder, bin_files), "binary", folder
-    if (data_dir / bin_tar).is_file():
-        path = data_dir / bin_tar
-        return _read_files_from_tar(path, bin_dir, bin_files), "binary", path
+    for kind, sub, tar, files in (("python", py_dir, py_tar, py_files),
+                                  ("binary", bin_dir, bin_tar, bin_files)):
+        for folder in (data_dir / sub, data_dir):
+            if all((folder / f).is_file() for f in files):
+                return _read_files_from_dir(folder, files), kind, folder
+        if (data_dir / tar).is_file():
+            path = data_dir / tar
+            return _read_files_from_tar(path, sub, files), kind, path
     return None
 
 
