@@ -18,13 +18,14 @@ def test_help_is_instant_and_does_not_import_tensorflow():
     code = (
         "import sys, time; t = time.time()\n"
         "from upanets_keras_cli.main import cli\n"
-        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for args in (['--help'], ['tune', '--help'], ['train', '--help']):\n"
+        "    try:\n        cli(args)\n    except SystemExit:\n        pass\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'\n"
         "print(time.time() - t)"
     )
     start = time.time()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert "convert" in out.stdout
+    assert "convert" in out.stdout and "--max-params" in out.stdout
     assert time.time() - start < 2.0
 
 

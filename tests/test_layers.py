@@ -102,6 +102,42 @@ def test_cpa_computation_matches_a_numpy_reference():
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rank_shape", [(4, 3, 3, 2), (6, 2)])
+def test_fused_batchnorm_with_shift_equals_the_plain_formulation(rank_shape):
+    # float32 takes the fused kernel; float64 cannot, so it runs the plain keras.ops path.
+    x = _rand(*rank_shape) * 3 + 1
+    shift = np.array([0.5, -1.0], "float32")
+    fused, plain = ReferenceBatchNormalization(), ReferenceBatchNormalization(dtype="float64")
+    for training in (True, False):
+        y_fused = fused(x, training=training, shift=shift).numpy()
+        y_plain = plain(x.astype("float64"), training=training, shift=shift).numpy()
+        np.testing.assert_allclose(y_fused, y_plain, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-5)
+
+
+def test_layer_norm_gradient_matches_automatic_differentiation():
+    import tensorflow as tf
+
+    from upanets_keras.kernels import layer_norm
+
+    x = tf.constant(_rand(3, 4, 4, 5).astype("float64"))
+    w = tf.constant(_rand(3, 4, 4, 5, seed=1).astype("float64"))
+
+    def plain(t):
+        mean = tf.reduce_mean(t, axis=[1, 2, 3], keepdims=True)
+        var = tf.reduce_mean(tf.square(t - mean), axis=[1, 2, 3], keepdims=True)
+        return (t - mean) / tf.sqrt(var + 1e-5)
+
+    grads = []
+    for fn in (lambda t: layer_norm(t, 1e-5), plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fn(x) * w)
+        grads.append(tape.gradient(loss, x).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "layer",
     [

@@ -14,13 +14,14 @@ from upanets_keras.layers import (  # noqa: E402
     SpatialPixelAttention,
 )
 from upanets_keras.model import apply_upa_block, build_upanets  # noqa: E402
-from upanets_keras.optimizers import ReferenceSGD  # noqa: E402
+from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: E402
 from upanets_keras.saving import load_model  # noqa: E402
 from upanets_keras.variants import count_parameters, create_model, list_models  # noqa: E402
 from upanets_keras.weights import CheckpointError, load_reference_weights  # noqa: E402
 
 __all__ = [
     "ChannelPixelAttention",
+    "EpochCosineSchedule",
     "CheckpointError",
     "ParameterFreeLayerNorm",
     "ReferenceBatchNormalization",

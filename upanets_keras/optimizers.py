@@ -1,4 +1,6 @@
-"""The reference training recipe's optimizer: SGD with PyTorch semantics."""
+"""The reference training recipe's optimizer (SGD with PyTorch semantics) and schedule."""
+
+import math
 
 import keras
 from keras import ops
@@ -63,3 +65,44 @@ class ReferenceSGD(keras.optimizers.Optimizer):
         config = super().get_config()
         config.update({"momentum": self.momentum, "weight_decay": self.coupled_weight_decay})
         return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EpochCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine annealing to 0 stepped once per epoch (PyTorch's `CosineAnnealingLR`).
+
+    Optionally preceded by a linear warm-up over `warmup_epochs`, also per epoch.
+
+    Args:
+        learning_rate: the peak learning rate.
+        steps_per_epoch: optimizer steps in one epoch.
+        epochs: length of the run in epochs.
+        warmup_epochs: epochs of linear warm-up from `learning_rate / (warmup_epochs + 1)`.
+
+    Example:
+    >>> schedule = EpochCosineSchedule(0.1, steps_per_epoch=500, epochs=200)
+    """
+
+    def __init__(self, learning_rate, steps_per_epoch, epochs, warmup_epochs=0):
+        self.learning_rate = float(learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = int(epochs)
+        self.warmup_epochs = int(warmup_epochs)
+
+    def __call__(self, step):
+        epoch = ops.floor(ops.cast(step, "float32") / self.steps_per_epoch)
+        warm = float(self.warmup_epochs)
+        span = max(self.epochs - self.warmup_epochs, 1)
+        cosine = 0.5 * self.learning_rate * (1.0 + ops.cos(math.pi * (epoch - warm) / span))
+        if not self.warmup_epochs:
+            return cosine
+        ramp = self.learning_rate * (epoch + 1.0) / (warm + 1.0)
+        return ops.where(epoch < warm, ramp, cosine)
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "warmup_epochs": self.warmup_epochs,
+        }

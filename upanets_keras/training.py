@@ -3,9 +3,9 @@
 import csv
 import dataclasses
 import json
-import math
 import os
 import platform
+import re
 import shutil
 import time
 
@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from upanets_keras import data as data_lib
-from upanets_keras.layers import PACKAGE
+from upanets_keras import distribute
 from upanets_keras.model import build_upanets
-from upanets_keras.optimizers import ReferenceSGD
+from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
 from upanets_keras.variants import count_parameters, variant_config
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -37,6 +37,12 @@ class TrainConfig:
 
     Defaults are the paper's recipe: batch 100, SGD lr 0.1 with momentum 0.9 and
     coupled weight decay 5e-4, cosine annealing to 0 stepped once per epoch.
+
+    Distribution (see `upanets_keras.distribute`): `strategy` is auto, one,
+    mirrored or multiworker; `batch_mode` says whether `batch_size` is the
+    global batch (split over the replicas) or each replica's; `lr_scaling`
+    linear multiplies `lr` by global batch / `batch_size` (1 in global mode);
+    `sync_batchnorm` computes BatchNorm statistics over the global batch.
     """
 
     dataset: str = "digits"
@@ -57,6 +63,10 @@ class TrainConfig:
     precision: str = "auto"
     jit_compile: str = "auto"
     output_dir: str = "runs/train"
+    strategy: str = "auto"
+    batch_mode: str = "global"
+    lr_scaling: str = "linear"
+    sync_batchnorm: bool = True
 
     def resolved(self):
         """A copy with the variant expanded and the arguments checked."""
@@ -73,52 +83,14 @@ class TrainConfig:
             ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
             ("precision", config.precision in PRECISIONS, f"one of {PRECISIONS}"),
             ("jit_compile", config.jit_compile in JIT_CHOICES, f"one of {JIT_CHOICES}"),
+            ("strategy", config.strategy in distribute.STRATEGIES, f"one of {distribute.STRATEGIES}"),
+            ("batch_mode", config.batch_mode in distribute.BATCH_MODES, f"one of {distribute.BATCH_MODES}"),
+            ("lr_scaling", config.lr_scaling in distribute.LR_SCALINGS, f"one of {distribute.LR_SCALINGS}"),
         ]
         for field, ok, rule in checks:
             if not ok:
                 raise ValueError(f"`{field}` must be {rule}. Received: {field}={getattr(config, field)!r}")
         return config
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class EpochCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Cosine annealing to 0 stepped once per epoch (PyTorch's `CosineAnnealingLR`).
-
-    Optionally preceded by a linear warm-up over `warmup_epochs`, also per epoch.
-
-    Args:
-        learning_rate: the peak learning rate.
-        steps_per_epoch: optimizer steps in one epoch.
-        epochs: length of the run in epochs.
-        warmup_epochs: epochs of linear warm-up from `learning_rate / (warmup_epochs + 1)`.
-
-    Example:
-    >>> schedule = EpochCosineSchedule(0.1, steps_per_epoch=500, epochs=200)
-    """
-
-    def __init__(self, learning_rate, steps_per_epoch, epochs, warmup_epochs=0):
-        self.learning_rate = float(learning_rate)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.epochs = int(epochs)
-        self.warmup_epochs = int(warmup_epochs)
-
-    def __call__(self, step):
-        epoch = tf.floor(tf.cast(step, "float32") / self.steps_per_epoch)
-        warm = float(self.warmup_epochs)
-        span = max(self.epochs - self.warmup_epochs, 1)
-        cosine = 0.5 * self.learning_rate * (1.0 + tf.cos(math.pi * (epoch - warm) / span))
-        if not self.warmup_epochs:
-            return cosine
-        ramp = self.learning_rate * (epoch + 1.0) / (warm + 1.0)
-        return tf.where(epoch < warm, ramp, cosine)
-
-    def get_config(self):
-        return {
-            "learning_rate": self.learning_rate,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epochs": self.epochs,
-            "warmup_epochs": self.warmup_epochs,
-        }
 
 
 def has_gpu():
@@ -207,7 +179,12 @@ class EpochSummary(keras.callbacks.Callback):
         )
 
 
-def _prepare_output_dir(config, overwrite):
+# Settings that may change between a run and its resumption (the global batch
+# and learning rate they lead to are compared instead).
+NOT_IDENTITY = ("output_dir", "strategy")
+
+
+def _prepare_output_dir(config, overwrite, distribution):
     out = config.output_dir
     saved = os.path.join(out, "config.json")
     if os.path.exists(os.path.join(out, "metrics.json")) and not overwrite:
@@ -223,9 +200,12 @@ def _prepare_output_dir(config, overwrite):
                 os.remove(path)
     elif os.path.exists(saved):
         with open(saved) as f:
-            previous = json.load(f).get("run", {})
+            saved = json.load(f)
+        previous, defaults = saved.get("run", {}), dataclasses.asdict(TrainConfig())
         ours = dataclasses.asdict(config)
-        changed = [k for k in ours if k != "output_dir" and previous.get(k) != ours[k]]
+        changed = [k for k in ours if k not in NOT_IDENTITY and previous.get(k, defaults[k]) != ours[k]]
+        before = saved.get("distribution", {})
+        changed += [k for k in ("global_batch_size", "lr") if k in before and before[k] != distribution[k]]
         if changed:
             raise TrainingError(
                 f"{out} holds an unfinished run with other settings ({', '.join(changed)}); re-run it "
@@ -241,12 +221,39 @@ def _prepare_output_dir(config, overwrite):
         raise TrainingError(f"cannot write to output directory {out}: {e.strerror}") from None
 
 
-def _resume_epoch(backup_dir):
-    path = os.path.join(backup_dir, "training_metadata.json")
+def _resume_epoch(backup_dir, previous=False):
+    path = os.path.join(backup_dir, "training_metadata.json" + (".bkp" if previous else ""))
     if not os.path.exists(path):
         return 0
     with open(path) as f:
         return int(json.load(f).get("epoch", 0))
+
+
+def _agree_on_epoch(backup_dir, epochs):
+    """The epoch every worker resumes from: the oldest current backup.
+
+    A kill can land between two workers' end-of-epoch backups; a worker one
+    epoch ahead then falls back to its previous backup (double checkpointing).
+    """
+    first = min(current for current, _ in epochs)
+    if _resume_epoch(backup_dir) == first:
+        return first
+    if first == 0:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    elif _resume_epoch(backup_dir, previous=True) == first:
+        for name in ("latest.weights.h5", "training_metadata.json"):
+            shutil.copyfile(os.path.join(backup_dir, name + ".bkp"), os.path.join(backup_dir, name))
+    else:
+        raise TrainingError(
+            f"the workers' backups are at epochs {sorted({c for c, _ in epochs})} and cannot be reconciled; "
+            "pass --overwrite to start over"
+        )
+    return first
+
+
+def _worker_dir(config, role):
+    """Where a worker writes: the run directory for the chief, a `worker-N` folder inside it for the others."""
+    return config.output_dir if role["chief"] else os.path.join(config.output_dir, f"worker-{role['rank']}")
 
 
 def _trim_history(path, first_epoch):
@@ -319,6 +326,8 @@ def train(config, overwrite=False, echo=print, verbose=None):
 
     Re-running the same configuration into the same `output_dir` resumes from
     the last completed epoch (weights, optimizer, schedule and data order).
+    Under `--strategy multiworker` every worker runs this with the same
+    config; only the chief writes the run directory.
 
     Args:
         config: a `TrainConfig`.
@@ -327,14 +336,40 @@ def train(config, overwrite=False, echo=print, verbose=None):
         verbose: Keras progress output (default: bars on a terminal, else none).
 
     Returns:
-        The `metrics.json` dict.
+        The `metrics.json` dict (on a non-chief worker: its role and weights digest).
 
     Example:
     >>> train(TrainConfig(dataset="digits", filters=8, epochs=8, output_dir="runs/d"))  # doctest: +SKIP
     """
     config = config.resolved()
-    _prepare_output_dir(config, overwrite)
-    out = config.output_dir
+    # First: multi-worker collectives must be configured before other TensorFlow work.
+    strategy = distribute.make_strategy(config.strategy)
+    role = distribute.describe(strategy)
+    if not role["chief"]:
+        echo = _prefixed(echo, f"[worker {role['rank']}] ")
+    global_batch = distribute.global_batch_size(config.batch_size, config.batch_mode, role["replicas"])
+    lr = distribute.scaled_learning_rate(config.lr, config.lr_scaling, global_batch, config.batch_size)
+    distribution = {**role, "global_batch_size": global_batch, "lr": lr,
+                    "sync_batchnorm": config.sync_batchnorm and role["replicas"] > 1}
+    out = _worker_dir(config, role)
+    backup_dir = os.path.join(out, "backup")
+    refusal = None
+    try:
+        if role["chief"]:
+            _prepare_output_dir(config, overwrite, distribution)
+        elif overwrite:
+            shutil.rmtree(out, ignore_errors=True)
+    except TrainingError as e:
+        refusal = e
+    # Every worker learns whether the chief refused, and where each one's backup stands.
+    states = distribute.gather_from_workers(
+        strategy, [int(refusal is not None), _resume_epoch(backup_dir), _resume_epoch(backup_dir, previous=True)]
+    )
+    if refusal is not None:
+        raise refusal
+    if any(refused for refused, _, _ in states):
+        raise TrainingError("the chief refused to start this run (its output says why)")
+    first_epoch = _agree_on_epoch(backup_dir, [(current, prev) for _, current, prev in states])
     precision = resolve_precision(config.precision)
     jit = resolve_jit(config.jit_compile)
 
@@ -344,68 +379,84 @@ def train(config, overwrite=False, echo=print, verbose=None):
     )
     info = splits.info
     x_train, y_train = splits.train
-    steps = len(x_train) // config.batch_size
+    steps = len(x_train) // global_batch
     if steps < 1:
         raise data_lib.DataError(
-            f"--batch-size {config.batch_size} is larger than the {len(x_train)} training images; "
+            f"the global batch of {global_batch} is larger than the {len(x_train)} training images; "
             "use a smaller --batch-size"
         )
 
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(
-            {"run": dataclasses.asdict(config), "precision": precision, "jit_compile": jit,
-             "dataset": info.to_dict(), "versions": versions(), "devices": [d.name for d in tf.config.list_logical_devices()]},
-            f, indent=2,
-        )
-
-    backup_dir = os.path.join(out, "backup")
-    first_epoch = _resume_epoch(backup_dir)
-    best_so_far = _trim_history(os.path.join(out, "history.csv"), first_epoch)
+    if role["chief"]:
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(
+                {"run": dataclasses.asdict(config), "precision": precision, "jit_compile": jit,
+                 "distribution": distribution, "dataset": info.to_dict(), "versions": versions(),
+                 "devices": [d.name for d in tf.config.list_logical_devices()]},
+                f, indent=2,
+            )
+    best_so_far = _trim_history(os.path.join(out, "history.csv"), first_epoch) if role["chief"] else None
     if first_epoch >= config.epochs:
         echo(f"All {config.epochs} epochs were already trained; evaluating.")
     elif first_epoch:
-        echo(f"Resuming {out} after epoch {first_epoch} of {config.epochs}.")
+        echo(f"Resuming {config.output_dir} after epoch {first_epoch} of {config.epochs}.")
 
     keras.utils.set_random_seed(config.seed)
     keras.config.set_dtype_policy(precision)
     try:
-        model = build_upanets(
-            filters=config.filters, blocks=config.blocks, num_classes=info.num_classes,
-            input_shape=(info.image_size, info.image_size, 3), pixel_mean=info.mean,
-            pixel_std=info.std, class_names=info.class_names,
-            name=config.variant or f"upanets{config.filters}",
-        )
+        with strategy.scope():
+            model = build_upanets(
+                filters=config.filters, blocks=config.blocks, num_classes=info.num_classes,
+                input_shape=(info.image_size, info.image_size, 3), pixel_mean=info.mean,
+                pixel_std=info.std, class_names=info.class_names,
+                name=config.variant or f"upanets{config.filters}",
+            )
+            if distribution["sync_batchnorm"]:
+                distribute.synchronize_batch_norm(model)
+            compile_for_training(model, dataclasses.replace(config, lr=lr), steps, jit, precision)
     finally:
         keras.config.set_dtype_policy("float32")
-    compile_for_training(model, config, steps, jit, precision)
     echo(
         f"UPANets filters={config.filters} blocks={config.blocks}: {count_parameters(model):,} parameters; "
         f"{info.name}: {len(x_train)} train / {len(splits.val[0])} val / {len(splits.test[0])} test images "
         f"{info.image_size}px, {info.num_classes} classes; precision {precision}, XLA {'on' if jit else 'off'}"
     )
+    if role["replicas"] > 1:
+        echo(
+            f"{role['strategy']}: {role['replicas']} replicas on {role['workers']} worker(s), global batch "
+            f"{global_batch} ({global_batch // role['replicas']} per replica), lr {lr:g}"
+            + (", synchronized BatchNorm" if distribution["sync_batchnorm"] else "")
+        )
 
-    train_ds = one_hot(
-        data_lib.make_train_dataset(x_train, y_train, info, config.batch_size, seed=config.seed, first_epoch=first_epoch),
+    # The datasets stay outside the scope: their image caches are CPU variables.
+    # Every worker draws the same global batches and keeps its own slice.
+    train_ds = _shard_by_data(one_hot(
+        data_lib.make_train_dataset(x_train, y_train, info, global_batch, seed=config.seed, first_epoch=first_epoch),
         info.num_classes,
-    )
-    val_ds = one_hot(data_lib.make_eval_dataset(*splits.val, config.batch_size), info.num_classes)
-    throughput = Throughput(steps * config.batch_size)
-    callbacks = [
-        NaNGuard(),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(out, "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        keras.callbacks.ModelCheckpoint(os.path.join(out, "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+    ))
+    val_ds = _shard_by_data(one_hot(data_lib.make_eval_dataset(*splits.val, global_batch), info.num_classes))
+    throughput = Throughput(steps * global_batch)
+    callbacks = [NaNGuard()]
+    if role["chief"]:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(out, "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True,
+                initial_value_threshold=best_so_far,
+            ),
+            keras.callbacks.ModelCheckpoint(os.path.join(out, "last.keras")),
+            keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+            keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+        ]
+    callbacks += [
         throughput,
         EpochSummary(config.epochs, steps, echo),
         # Last: an epoch counts as done once its backup is written, after its other outputs.
+        # Each worker keeps its own backup (all replicas hold the same weights).
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
     ]
     if verbose is None:
         verbose = 1 if os.isatty(1) else 0
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _build_before_fit(model, strategy, train_ds)
     if first_epoch < config.epochs:
         try:
             model.fit(
@@ -416,6 +467,27 @@ def train(config, overwrite=False, echo=print, verbose=None):
             raise TrainingError(
                 f"interrupted; the last completed epoch is saved in {backup_dir}: re-run the same command to resume"
             ) from None
+        except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+                tf.errors.InternalError) as e:
+            if role["workers"] == 1:
+                raise
+            reason = re.sub(r"\{\{.*?\}\}\s*", "", str(e).strip().splitlines()[0])[:160]
+            raise TrainingError(
+                f"lost contact with another worker ({reason}); the last completed epoch is saved: "
+                "restart every worker with the same command to resume"
+            ) from None
+
+    spread = distribute.replica_spread(model)
+    digest = distribute.weights_digest(model)
+    digests = distribute.gather_from_workers(strategy, [int(digest[:15], 16)])
+    agree = len({d for (d,) in digests}) == 1
+    echo(f"weights sha256 {digest}; replicas differ by {spread:g}; workers {'agree' if agree else 'DIFFER'}")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.extended._stop_check_health_thread()  # peers may now exit; nothing else is shared
+    sync = {"replica_spread": spread, "weights_sha256": digest, "workers_agree": agree}
+    if not role["chief"]:
+        shutil.rmtree(out, ignore_errors=True)  # its backup, deleted at the end of fit; nothing else is kept
+        return {**distribution, **sync}
 
     best = keras.saving.load_model(os.path.join(out, "best.keras"), safe_mode=True)
     compile_for_training(best, config, steps, False)
@@ -435,8 +507,34 @@ def train(config, overwrite=False, echo=print, verbose=None):
         "epochs_completed": len(rows),
         "train_images_per_second": throughput.images_per_second() if throughput.times else None,
         "parameters": count_parameters(best),
+        "distribution": distribution,
+        **sync,
     }
     plot_history(history, os.path.join(out, "history.png"))
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     return metrics
+
+
+def _build_before_fit(model, strategy, dataset):
+    """Build from one local batch, skipping Keras' own build; see also `patch_keras_multiworker_logs`.
+
+    Keras 3.15's `fit`/`evaluate` build by reducing the first *distributed*
+    batch across replicas, which fails under MultiWorkerMirroredStrategy
+    ("Attempt to convert a value (PerReplica...) to a Tensor").
+    """
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(dataset.take(1))))
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    distribute.patch_keras_multiworker_logs()
+
+
+def _prefixed(echo, prefix):
+    return lambda message: echo(prefix + message)
+
+
+def _shard_by_data(dataset):
+    """Shard batches, not files, across workers (the pipeline reads no files)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

@@ -1,0 +1,63 @@
+"""The benchmark: its figures, its report and the `benchmark` command (tiny configuration)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from upanets_keras.benchmark import format_report, run_benchmark
+from upanets_keras_cli.main import cli
+
+TINY = dict(filters=4, image_size=16, batch_size=8, steps=2, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def figures():
+    return run_benchmark(**TINY)
+
+
+def test_figures_are_positive_and_describe_the_setup(figures):
+    rates = figures["images_per_second"]
+    assert set(rates) == {"train", "inference", "input_pipeline"}
+    assert all(v > 0 for v in rates.values())
+    assert figures["train_step_seconds"] > 0 and figures["cifar_epoch_seconds"] > 0
+    assert figures["pipeline_to_train_ratio"] == pytest.approx(rates["input_pipeline"] / rates["train"])
+    assert figures["model"]["filters"] == 4 and figures["model"]["image_size"] == 16
+    assert figures["model"]["parameters"] > 0
+    assert figures["batch_size"] == 8 and figures["steps"] == 2
+    assert figures["precision"] == "float32" and figures["jit_compile"] is False  # CPU defaults
+    assert figures["device"].startswith(("CPU", "GPU"))
+    assert {"inter_op", "intra_op", "cpu_count", "onednn"} <= set(figures["threads"])
+    assert {"tensorflow", "keras"} <= set(figures["versions"])
+    json.dumps(figures)
+
+
+def test_report_is_a_plain_table(figures):
+    report = format_report(figures)
+    for text in ("training step", "inference", "input pipeline", "images/s", "device:", "threads:", "TensorFlow"):
+        assert text in report
+    assert "pass" not in report.lower() and "fail" not in report.lower()
+
+
+def test_bad_arguments_are_value_errors():
+    with pytest.raises(ValueError, match="steps"):
+        run_benchmark(filters=4, image_size=16, batch_size=8, steps=0)
+    with pytest.raises(ValueError, match="variant"):
+        run_benchmark(variant="upanets5")
+
+
+def test_cli_json():
+    result = CliRunner().invoke(
+        cli,
+        ["benchmark", "--filters", "4", "--image-size", "16", "--batch-size", "8", "--steps", "2",
+         "--warmup", "1", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["model"]["filters"] == 4 and all(v > 0 for v in out["images_per_second"].values())
+
+
+def test_cli_reports_bad_configurations_in_one_line():
+    result = CliRunner().invoke(cli, ["benchmark", "--filters", "6", "--steps", "1"])
+    assert result.exit_code == 1
+    assert "filters" in result.output and "Traceback" not in result.output

@@ -1,0 +1,285 @@
+"""keras-tuner search (`upanets-keras tune`) on scikit-learn's digits, at a tiny scale."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import keras_tuner
+import pytest
+from click.testing import CliRunner
+
+from upanets_keras.search_space import PAPER, SearchSpace, SearchSpaceError, parse_option
+from upanets_keras.training import TrainConfig
+from upanets_keras.tuning import (
+    TuneConfig,
+    TuningError,
+    UPANetsHyperModel,
+    _ORACLE_CLASSES,
+)
+from upanets_keras.variants import parameter_count
+from upanets_keras_cli.main import cli
+
+CLI = [sys.executable, "-m", "upanets_keras_cli.main"]
+# 1293 training images of 16 px, 40 steps of 32 per epoch, one epoch per trial.
+TINY = ["--dataset", "digits", "--image-size", "16", "--blocks", "1", "--epochs", "1",
+        "--batch-size", "32", "--final-epochs", "1"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def read_trials(project):
+    with open(project / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_search_space_is_the_papers_configuration():
+    hypermodel = UPANetsHyperModel(num_classes=10, input_shape=(16, 16, 3), steps_per_epoch=5)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    assert hp.values == {"filters": 16, "blocks": 1}
+    assert hp.get("filters") == PAPER["filters"] and model.name == "upanets16"
+    choices = {p.name: p.values for p in hp.space}
+    assert choices == {"filters": [8, 16, 24, 32], "blocks": [1, 2]}
+    assert all(f % 4 == 0 for f in choices["filters"])
+    optimizer = model.optimizer
+    assert float(optimizer.learning_rate) == pytest.approx(0.1)  # the schedule's value at step 0
+    assert optimizer.coupled_weight_decay == pytest.approx(5e-4) and optimizer.momentum == pytest.approx(0.9)
+
+
+def test_optional_hyperparameters_reach_the_recipe():
+    space = SearchSpace({"filters": [4, 8], "blocks": [1], "learning_rate": {"min": 0.01, "max": 0.2},
+                         "weight_decay": [1e-4, 5e-4], "label_smoothing": 0.1})
+    hypermodel = UPANetsHyperModel(num_classes=10, input_shape=(16, 16, 3), search_space=space, steps_per_epoch=5)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.build(hp)
+    assert hp.values == {"filters": 8, "blocks": 1, "learning_rate": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1}
+    lr = next(p for p in hp.space if p.name == "learning_rate")
+    assert lr.sampling == "log" and (lr.min_value, lr.max_value) == (0.01, 0.2)
+    hp.values.update(filters=4, learning_rate=0.05, weight_decay=1e-4)
+    model = hypermodel.build(hp)
+    assert model.name == "upanets4" and float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    assert model.optimizer.coupled_weight_decay == pytest.approx(1e-4)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+
+
+def test_precision_is_set_inside_build_after_the_tuner_clears_the_session():
+    config = TrainConfig(precision="mixed_float16", jit_compile="off")
+    space = SearchSpace({"filters": [4], "blocks": [1]})
+    hypermodel = UPANetsHyperModel(10, (16, 16, 3), space, config, steps_per_epoch=5)
+    keras.config.set_dtype_policy("mixed_float16")
+    keras.backend.clear_session()  # what keras-tuner does before every trial
+    assert keras.config.dtype_policy().name == "float32"
+    model = hypermodel.build(keras_tuner.HyperParameters())
+    assert model.get_layer("root_conv1").compute_dtype == "float16"
+    assert model.output.dtype == "float32"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert keras.config.dtype_policy().name == "float32"  # restored after the build
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8,16,32", [8, 16, 32]),
+    ("16", [16]),
+    ("0.01:0.2", {"min": 0.01, "max": 0.2, "sampling": "log"}),
+])
+def test_parse_option(text, expected):
+    name = "learning_rate" if ":" in text else "filters"
+    assert parse_option(name, text) == expected
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("filters", "8,x", "takes integer values"),
+    ("blocks", "1.5", "integer"),
+    ("filters", "4:8", "list of choices"),
+    ("label_smoothing", "1.5", "out of range"),
+    ("learning_rate", "0.2:0.1", "min < max"),
+])
+def test_bad_search_space_values(name, text, message):
+    with pytest.raises(SearchSpaceError, match=message):
+        parse_option(name, text)
+
+
+def test_parameter_budget_and_divisibility():
+    space = SearchSpace({"filters": [4, 8, 12, 24], "blocks": [1, 2, 3]})
+    assert space.architectures() == [(4, 1), (8, 1), (8, 2), (12, 1), (12, 3), (24, 1), (24, 2), (24, 3)]
+    budget = parameter_count(8, 1, 10, 16)
+    assert space.architectures(budget, 10, 16) == [(4, 1), (8, 1), (8, 2)]  # (8, 2) has fewer parameters
+    with pytest.raises(SearchSpaceError, match="multiple of 4\\*blocks"):
+        SearchSpace({"filters": [6, 10], "blocks": [2, 3]}).check()
+    with pytest.raises(SearchSpaceError, match="over --max-params 1,000 .*smallest has 97,265"):
+        space.check(max_params=1000, num_classes=10, image_size=16)
+
+
+@pytest.mark.parametrize("name", ["random", "hyperband"])
+def test_oracle_draws_only_allowed_configurations(name, tmp_path):
+    oracle = _ORACLE_CLASSES[name](objective=keras_tuner.Objective("val_accuracy", "max"), seed=1,
+                                   **({"max_trials": 50} if name == "random" else {"max_epochs": 9}))
+    oracle.max_trials = 50
+    oracle._set_project_dir(str(tmp_path), "p")
+    hp = keras_tuner.HyperParameters()
+    SearchSpace({"filters": [4, 8, 12, 24], "blocks": [1, 2, 3]}).declare(hp)
+    oracle.update_space(hp)
+    allowed = {(4, 1), (8, 2), (24, 3)}
+    oracle.valid = lambda v: (v["filters"], v["blocks"]) in allowed
+    drawn = set()
+    for i in range(12):
+        trial = oracle.create_trial(f"tuner{i}")
+        if trial.status != "RUNNING":
+            break
+        drawn.add((trial.hyperparameters.values["filters"], trial.hyperparameters.values["blocks"]))
+    assert drawn and drawn <= allowed
+    if name == "random":
+        assert drawn == allowed  # every allowed one, then the space is exhausted
+        assert oracle.create_trial("last").status == "STOPPED"
+
+
+def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path):
+    budget = parameter_count(8, 1, 10, 16)  # allows filters 4 and 8, not 12
+    args = ["tune", *TINY, "--filters", "4,8,12", "--max-params", budget, "--max-trials", 3,
+            "--objective", "efficiency", "--directory", tmp_path, "--project-name", "p"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    project = tmp_path / "p"
+    assert "2 architectures allowed" in result.output and "stops after 2 trials" in result.output
+    assert result.output.count(" done: ") == 2
+    rss = [float(line.split(" rss ")[1].split()[0]) for line in result.output.splitlines() if " done: " in line]
+    assert abs(rss[1] - rss[0]) < 50  # trials run in their own processes: the search's memory stays flat
+    rows = read_trials(project)
+    assert sorted(r["filters"] for r in rows) == ["4", "8"]  # 12 is over the budget: never trained
+    assert all(int(r["parameters"]) <= budget and r["status"] == "COMPLETED" for r in rows)
+    assert json.loads((project / "trials.json").read_text())[0]["efficiency"] > 0
+    for row in rows:  # efficiency is accuracy per million parameters
+        assert float(row["efficiency"]) == pytest.approx(float(row["val_accuracy"]) / (int(row["parameters"]) / 1e6))
+    best = max(rows, key=lambda r: float(r["efficiency"]))
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["trial"] == best["trial"] and metrics["hyperparameters"]["filters"] == int(best["filters"])
+    assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["final_epochs"] == 1
+    assert metrics["train_images"] == 1293 + 145
+    search = json.loads((project / "search.json").read_text())
+    assert search["search"]["search_space"]["filters"] == [4, 8, 12] and search["run"]["max_params"] == budget
+
+    code = (
+        "import sys, numpy as np, upanets_keras, keras\n"
+        "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+        "print(m.name, m.predict(np.zeros((2, 16, 16, 3), 'float32'), verbose=0).shape)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(project / "best.keras")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [f"upanets{best['filters']}", "(2,", "10)"]
+
+    again = run(*args)  # the finished search is not redone
+    assert again.exit_code == 0 and " done: " not in again.output and "already retrained" in again.output
+
+    other = run(*[a if a != "4,8,12" else "4,8" for a in args])
+    assert other.exit_code == 1
+    assert "different search space" in other.output and "--overwrite" in other.output
+    assert read_trials(project) == rows  # nothing written was lost
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tuner", "grid"], "Invalid value for '--tuner'"),
+    (["--objective", "loss"], "Invalid value for '--objective'"),
+    (["--filters", "6,10", "--blocks", "2,3"], "no configuration of the search space can be built"),
+    (["--filters", "8", "--max-params", "10k"], "every configuration is over --max-params 10,000"),
+    (["--max-params", "lots"], "expected a parameter count"),
+    (["--strategy", "multiworker"], "Invalid value for '--strategy'"),
+])
+def test_bad_tune_input_is_one_line(tmp_path, args, message):
+    result = run("tune", "--dataset", "digits", "--directory", tmp_path, *args)
+    assert result.exit_code in (1, 2) and message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "digits").exists()
+
+
+def test_search_space_file(tmp_path):
+    spec = tmp_path / "space.yaml"
+    spec.write_text("filters: [4, 8]\nblocks: [1]\nlearning_rate: {min: 0.05, max: 0.2}\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"depth": [1, 2]}')
+    result = run("tune", "--dataset", "digits", "--search-space", bad, "--directory", tmp_path)
+    assert result.exit_code == 1 and "unknown hyperparameter" in result.output
+    from upanets_keras.search_space import load_search_space
+
+    assert load_search_space(str(spec)) == {"filters": [4, 8], "blocks": [1],
+                                            "learning_rate": {"min": 0.05, "max": 0.2, "sampling": "log"}}
+    assert TuneConfig(search_space=load_search_space(str(spec))).resolved().search_space["filters"] == [4, 8]
+    with pytest.raises(TuningError, match="unknown tuner"):
+        TuneConfig(tuner="grid").resolved()
+
+
+def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
+    args = CLI + ["tune", *TINY, "--filters", "4,8,12", "--max-trials", "3", "--final-epochs", "0",
+                  "--directory", str(tmp_path), "--project-name", "p"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "p" / "trial_0" / "trial.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if first.exists() and json.loads(first.read_text() or "{}").get("status") == "COMPLETED":
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = [p.parent.name for p in (tmp_path / "p").glob("trial_*/trial.json")
+                if json.loads(p.read_text()).get("status") == "COMPLETED"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming after {len(finished)} finished trials" in result.stdout
+    for name in finished:
+        assert f"trial {name.split('_')[1]} done" not in result.stdout
+    rows = read_trials(tmp_path / "p")
+    assert sorted(r["trial"] for r in rows) == ["0", "1", "2"]
+    assert sorted(r["filters"] for r in rows) == ["12", "4", "8"]  # three distinct configurations
+
+
+def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
+    env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(free_port()))
+    args = CLI + ["tune", *TINY, "--filters", "4,8,12,16", "--max-trials", "3", "--directory", str(tmp_path),
+                  "--strategy", "mirrored"]  # each trial under MirroredStrategy (one CPU replica here)
+    procs = {
+        name: subprocess.Popen(args, env=dict(env, KERASTUNER_TUNER_ID=name), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        for name in ("chief", "tuner0", "tuner1")
+    }
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name] = proc.communicate(timeout=600)[0]
+            assert proc.returncode == 0, outputs[name][-2000:]
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    ran = [line.split()[1] for name in ("tuner0", "tuner1") for line in outputs[name].splitlines()
+           if line.startswith("trial ") and " done: " in line]
+    assert sorted(ran) == ["0", "1", "2"]  # exactly --max-trials trials, each run once
+    assert all("the search is done" in outputs[n] for n in ("tuner0", "tuner1"))
+    rows = read_trials(tmp_path / "digits")
+    assert sorted(r["trial"] for r in rows) == ["0", "1", "2"]
+    assert len({r["filters"] for r in rows}) == 3
+    assert "Wrote" in outputs["chief"] and (tmp_path / "digits" / "best.keras").is_file()
+    assert json.loads((tmp_path / "digits" / "search.json").read_text())["run"]["strategy"] == "mirrored"
+
+
+def test_worker_that_cannot_reach_the_chief_fails_fast(tmp_path):
+    env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(free_port()),
+               KERASTUNER_TUNER_ID="tuner0")
+    start = time.time()
+    proc = subprocess.run(CLI + ["tune", *TINY, "--directory", str(tmp_path), "--connect-timeout", "3"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "cannot reach the tuning chief at 127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.time() - start < 60

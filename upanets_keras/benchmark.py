@@ -1,0 +1,243 @@
+"""Throughput of UPANets training, inference and the input pipeline on this machine."""
+
+import os
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from upanets_keras import data as data_lib
+from upanets_keras.model import build_upanets
+from upanets_keras.training import (
+    TrainConfig,
+    compile_for_training,
+    resolve_jit,
+    resolve_precision,
+    versions,
+)
+from upanets_keras.variants import count_parameters, variant_config
+
+CIFAR_EPOCH = 50_000  # images in one CIFAR-10/100 training epoch
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+PIPELINE_BATCHES = 10  # batches per input-pipeline timing
+
+
+def device_description():
+    """A short description of the device TensorFlow computes on (first GPU, else the CPU)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)} (x{len(gpus)})"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {name}, {os.cpu_count()} logical cores"
+
+
+def thread_settings():
+    """TensorFlow's thread pools (0 = TensorFlow's default, one thread per core) and oneDNN."""
+    return {
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "cpu_count": os.cpu_count(),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 CPUs)"),
+    }
+
+
+def images_per_second(images, times):
+    """`images` divided by the median of `times` (seconds)."""
+    return images / statistics.median(times)
+
+
+def time_calls(fn, warmup, repeats):
+    """Call `fn` `warmup` times, then time `repeats` calls; returns the seconds of each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _synthetic_batch(batch_size, image_size, num_classes, seed):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
+    return images, labels
+
+
+def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeats=10, seed=0):
+    """Seconds per `PIPELINE_BATCHES` batches of the training input pipeline.
+
+    The path `train` builds: images cached on the CPU, stateless random crop
+    and flip per (seed, epoch, step), one-hot labels, prefetch; on synthetic
+    uint8 images.
+
+    Returns:
+        A list of `repeats` timings.
+
+    Example:
+    >>> times = time_input_pipeline(8, 16, repeats=2)
+    """
+    from upanets_keras.training import one_hot
+
+    x, y = _synthetic_batch(batch_size * 50, image_size, num_classes, seed)
+    info = data_lib.DatasetInfo(
+        name="synthetic", num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
+        image_size=image_size, mean=CIFAR_MEAN, std=CIFAR_STD, pad=image_size // 8, flip=True,
+    )
+    dataset = one_hot(data_lib.make_train_dataset(x, y, info, batch_size, seed=seed), num_classes)
+    iterator = iter(dataset)
+
+    def take():
+        for _ in range(PIPELINE_BATCHES):
+            next(iterator)
+
+    return time_calls(take, warmup, repeats)
+
+
+def prepare_model(filters=16, blocks=1, num_classes=10, batch_size=100, image_size=32,
+                  precision="auto", jit_compile="auto", seed=0, name=None):
+    """A UPANets compiled as `train` compiles it, and one synthetic batch for it.
+
+    Args:
+        filters, blocks, num_classes, batch_size, image_size: the configuration.
+        precision: `auto` or a dtype policy name.
+        jit_compile: `auto`, `on` or `off`.
+        seed: seed of the weights and the batch.
+        name: model name.
+
+    Returns:
+        `(model, x, y, precision, jit)`: `x` float32 0-255 images, `y` one-hot
+        labels, and the resolved precision and XLA flag.
+
+    Example:
+    >>> model, x, y, precision, jit = prepare_model(filters=4, image_size=16, batch_size=8)
+    """
+    config = TrainConfig(filters=filters, blocks=blocks, batch_size=batch_size,
+                         precision=precision, jit_compile=jit_compile).resolved()
+    policy, jit = resolve_precision(config.precision), resolve_jit(config.jit_compile)
+    keras.utils.set_random_seed(seed)
+    model = build_upanets(
+        filters=filters, blocks=blocks, num_classes=num_classes,
+        input_shape=(image_size, image_size, 3), pixel_mean=CIFAR_MEAN, pixel_std=CIFAR_STD,
+        dtype=policy, name=name,
+    )
+    compile_for_training(model, config, CIFAR_EPOCH // batch_size, jit, policy)
+    images, labels = _synthetic_batch(batch_size, image_size, num_classes, seed)
+    return model, tf.constant(images, tf.float32), tf.one_hot(labels, num_classes), policy, jit
+
+
+def run_benchmark(
+    variant=None,
+    filters=16,
+    blocks=1,
+    num_classes=10,
+    batch_size=100,
+    image_size=32,
+    precision="auto",
+    jit_compile="auto",
+    steps=10,
+    warmup=2,
+    seed=0,
+):
+    """Time a training step, inference and the input pipeline, in images per second.
+
+    Each figure is the median of `steps` timings taken after `warmup` untimed
+    calls (which include tracing and compilation): one training step (forward,
+    backward and the optimizer update of the paper's recipe, as `train` compiles
+    it), one compiled inference batch, and `PIPELINE_BATCHES` batches of the
+    augmenting training input pipeline.
+
+    Args:
+        variant: a named variant (overrides `filters` and `blocks`).
+        filters: base width `f`.
+        blocks: `b`.
+        num_classes: number of logits.
+        batch_size: images per step.
+        image_size: input side (a multiple of 8).
+        precision: `auto` (mixed_float16 on a GPU, float32 on the CPU) or a policy name.
+        jit_compile: `auto` (XLA on a GPU only), `on` or `off`.
+        steps: timed repetitions of each measurement.
+        warmup: untimed calls before timing.
+        seed: seed of the weights and the synthetic data.
+
+    Returns:
+        A dict of the figures and the setup (device, versions, threads).
+
+    Example:
+    >>> figures = run_benchmark(filters=4, image_size=16, batch_size=8, steps=2)
+    >>> sorted(figures["images_per_second"])
+    ['inference', 'input_pipeline', 'train']
+    """
+    if variant:
+        spec = variant_config(variant)
+        filters, blocks = spec["filters"], spec["blocks"]
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"`steps` must be >= 1 and `warmup` >= 0. Received: steps={steps}, warmup={warmup}")
+    model, x, y, policy, jit = prepare_model(
+        filters, blocks, num_classes, batch_size, image_size, precision, jit_compile, seed, variant
+    )
+    train = time_calls(lambda: model.train_on_batch(x, y), warmup, steps)
+    infer = time_calls(lambda: model.predict_on_batch(x), warmup, steps)
+    pipeline = time_input_pipeline(batch_size, image_size, num_classes, warmup, steps, seed)
+    rates = {
+        "train": images_per_second(batch_size, train),
+        "inference": images_per_second(batch_size, infer),
+        "input_pipeline": images_per_second(batch_size * PIPELINE_BATCHES, pipeline),
+    }
+    return {
+        "model": {
+            "name": model.name, "filters": filters, "blocks": blocks, "num_classes": num_classes,
+            "image_size": image_size, "parameters": count_parameters(model),
+        },
+        "batch_size": batch_size,
+        "precision": policy,
+        "jit_compile": jit,
+        "steps": steps,
+        "warmup": warmup,
+        "images_per_second": rates,
+        "train_step_seconds": statistics.median(train),
+        "cifar_epoch_seconds": CIFAR_EPOCH / rates["train"],
+        "pipeline_to_train_ratio": rates["input_pipeline"] / rates["train"],
+        "device": device_description(),
+        "threads": thread_settings(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": versions(),
+    }
+
+
+def format_report(figures):
+    """The `run_benchmark` dict as a small plain-text table."""
+    m, rates = figures["model"], figures["images_per_second"]
+    threads = figures["threads"]
+    v = figures["versions"]
+    lines = [
+        f"UPANets {m['name']} (filters {m['filters']}, blocks {m['blocks']}, {m['parameters']:,} parameters), "
+        f"batch {figures['batch_size']}, {m['image_size']}x{m['image_size']}, {m['num_classes']} classes",
+        f"precision {figures['precision']}, XLA {'on' if figures['jit_compile'] else 'off'}; "
+        f"median of {figures['steps']} timings after {figures['warmup']} warm-up calls",
+        "",
+        f"{'measurement':<40}{'images/s':>10}",
+        f"{'training step (forward+backward+SGD)':<40}{rates['train']:>10.1f}",
+        f"{'inference':<40}{rates['inference']:>10.1f}",
+        f"{'input pipeline (with augmentation)':<40}{rates['input_pipeline']:>10.1f}",
+        "",
+        f"one training step: {figures['train_step_seconds'] * 1e3:.1f} ms; "
+        f"one CIFAR epoch ({CIFAR_EPOCH:,} images): {figures['cifar_epoch_seconds']:.1f} s; "
+        f"input pipeline / training: {figures['pipeline_to_train_ratio']:.1f}x",
+        f"device: {figures['device']}"
+        + (f"; load average {figures['load_average'][0]:.2f}" if figures.get("load_average") else ""),
+        f"threads: inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default), "
+        f"{threads['cpu_count']} cores; oneDNN {threads['onednn']}",
+        f"TensorFlow {v['tensorflow']}, Keras {v['keras']}, Python {v['python']}",
+    ]
+    return "\n".join(lines)

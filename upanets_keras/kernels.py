@@ -1,0 +1,113 @@
+"""TensorFlow fast paths for the normalisations of UPANets.
+
+The layers of `upanets_keras.layers` call these under the TensorFlow backend:
+a batch norm that is one fused kernel (oneDNN on the CPU, cuDNN on a GPU) and
+a parameter-free layer norm with a closed-form gradient. Both compute the same
+function as the plain `keras.ops` formulation (see docs/PERFORMANCE.md for
+what each is worth).
+"""
+
+import keras
+import tensorflow as tf
+
+FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def can_fuse_batch_norm(inputs, axis):
+    """Whether `fused_batch_norm` takes `inputs` normalised over `axis`.
+
+    It needs the TensorFlow backend, rank-2 or rank-4 channels-last inputs and
+    a half or single precision dtype.
+    """
+    rank = len(inputs.shape)
+    return (
+        keras.backend.backend() == "tensorflow"
+        and rank in (2, 4)
+        and axis in (-1, rank - 1)
+        and inputs.shape[-1] is not None
+        and keras.backend.standardize_dtype(inputs.dtype) in FUSED_DTYPES
+    )
+
+
+def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training):
+    """Channels-last batch norm as one `FusedBatchNormV3` kernel.
+
+    Args:
+        x: rank-2 or rank-4 channels-last tensor (float16, bfloat16 or float32).
+        scale: float32 `(channels,)`.
+        offset: float32 `(channels,)`.
+        mean: float32 moving mean (used when not training).
+        variance: float32 moving variance (used when not training).
+        epsilon: added to the variance.
+        training: normalise with the batch statistics and return them.
+
+    Returns:
+        `(y, batch_mean, batch_variance)`, `y` of `x`'s dtype; in training the
+        batch variance is the unbiased one (`n / (n - 1)`, PyTorch's running
+        variance rule), otherwise both statistics are `None`.
+
+    Example:
+    >>> y, m, v = fused_batch_norm(tf.ones((2, 3)), tf.ones(3), tf.zeros(3), None, None, 1e-5, True)
+    """
+    rank2 = x.shape.rank == 2
+    if rank2:
+        x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+    empty = tf.constant([], tf.float32)
+    # The raw op, not tf.compat.v1.nn.fused_batch_norm: that one raises epsilon to 1.001e-5.
+    y, batch_mean, batch_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=x,
+        scale=tf.cast(scale, tf.float32),
+        offset=tf.cast(offset, tf.float32),
+        mean=empty if training else tf.cast(mean, tf.float32),
+        variance=empty if training else tf.cast(variance, tf.float32),
+        epsilon=float(epsilon),
+        exponential_avg_factor=1.0,
+        data_format="NHWC",
+        is_training=bool(training),
+    )
+    if rank2:
+        # Only rank-2 inputs are reshaped: a reshape between the kernel and a following
+        # ReLU would keep Grappler from fusing convolution, batch norm and ReLU in inference.
+        y = tf.reshape(y, [-1, y.shape[-1]])
+    if not training:
+        return y, None, None
+    return y, batch_mean, batch_variance
+
+
+def layer_norm(x, epsilon):
+    """Parameter-free layer norm over all non-batch axes of `x`.
+
+    Statistics come from one pass over `x` viewed as `(batch, features)`; the
+    gradient is the closed form `r * (g - mean(g) - y * mean(g * y))`, three
+    reductions instead of the dozen ops automatic differentiation records.
+
+    Args:
+        x: tensor of rank >= 2 with known non-batch dimensions.
+        epsilon: added to the variance.
+
+    Returns:
+        The normalised tensor, same shape and dtype as `x`.
+
+    Example:
+    >>> layer_norm(tf.ones((2, 4, 4, 3)), 1e-5).shape
+    TensorShape([2, 4, 4, 3])
+    """
+
+    @tf.custom_gradient
+    def normalise(flat):
+        mean, variance = tf.nn.moments(flat, axes=[1], keepdims=True)
+        rstd = tf.math.rsqrt(variance + tf.cast(epsilon, flat.dtype))
+        y = (flat - mean) * rstd
+
+        def grad(g):
+            g_mean = tf.reduce_mean(g, axis=1, keepdims=True)
+            gy_mean = tf.reduce_mean(g * y, axis=1, keepdims=True)
+            return rstd * (g - g_mean - y * gy_mean)
+
+        return y, grad
+
+    shape = tf.shape(x)
+    features = 1
+    for d in x.shape[1:]:
+        features *= d
+    return tf.reshape(normalise(tf.reshape(x, [-1, features])), shape)
