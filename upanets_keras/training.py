@@ -171,10 +171,13 @@ class EpochSummary(keras.callbacks.Callback):
         optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
         schedule = optimizer._learning_rate  # the rate this epoch ran at
         lr = float(schedule(epoch * self.steps)) if callable(schedule) else float(schedule)
+        val = (
+            f"val_loss {logs['val_loss']:.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
+            if "val_loss" in logs else ""  # no validation when retraining on train+validation
+        )
         self.echo(
             f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
-            f"acc {logs.get('accuracy', float('nan')):.4f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
-            f"val_acc {logs.get('val_accuracy', float('nan')):.4f}  lr {lr:.5f}  "
+            f"acc {logs.get('accuracy', float('nan')):.4f}  {val}lr {lr:.5f}  "
             f"{time.perf_counter() - self.start:.1f}s"
         )
 
