@@ -54,17 +54,6 @@ def check_output_path(path, overwrite):
         raise click.ClickException(f"output folder {folder} is not writable; choose another -o")
 
 
-def save_model_atomically(model, path):
-    """Save to a temporary file beside `path`, then rename: no half-written files."""
-    tmp = f"{path}.partial.keras"
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="upanets-keras", prog_name="upanets-keras")
 def cli():
@@ -120,6 +109,7 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
         raise click.BadParameter("the output file must end in .keras", param_hint="-o/--output")
     check_output_path(output, overwrite)
     from upanets_keras import build_upanets, count_parameters
+    from upanets_keras.saving import save_model_atomically
     from upanets_keras.weights import infer_config, load_reference_weights, read_state_dict
 
     state = read_state_dict(checkpoint)

@@ -13,6 +13,17 @@ class ModelFileError(ValueError):
     """A `.keras` file that is missing, unreadable or not a UPANets model."""
 
 
+def save_model_atomically(model, path):
+    """Save to a temporary file beside `path`, then rename: no half-written files."""
+    tmp = f"{path}.partial.keras"
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def is_upanets(model):
     """Whether `model` was built by `build_upanets`."""
     names = {layer.name for layer in getattr(model, "layers", [])}

@@ -18,6 +18,7 @@ from keras_tuner.src.engine.tuner_utils import SaveBestEpoch
 from upanets_keras import data as data_lib
 from upanets_keras import distribute
 from upanets_keras.model import build_upanets
+from upanets_keras.saving import save_model_atomically
 from upanets_keras.search_space import SearchSpace
 from upanets_keras.training import (
     EpochSummary,
@@ -170,39 +171,33 @@ class _ConstrainedOracle:
             response = {"status": "RUNNING", "values": values} if values else {"status": "STOPPED", "values": None}
         return response
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._start_times = {}
+        self.trial_seconds = {}  # trial id -> seconds, kept across resumes
+
     @keras_tuner.synchronized
     def create_trial(self, tuner_id):
         trial = super().create_trial(tuner_id)
         if trial.status == "RUNNING":
-            self._started().setdefault(trial.trial_id, time.time())
+            self._start_times.setdefault(trial.trial_id, time.time())
         return trial
 
     @keras_tuner.synchronized
     def end_trial(self, trial):
-        started = self._started().pop(trial.trial_id, None)
+        started = self._start_times.pop(trial.trial_id, None)
         if started is not None:
             self.trial_seconds[trial.trial_id] = time.time() - started
         super().end_trial(trial)
         if self.report and kt_distribute.is_chief_oracle():
             self.report(self.trials[trial.trial_id], self.trial_seconds.get(trial.trial_id))
 
-    def _started(self):
-        if not hasattr(self, "_start_times"):
-            self._start_times = {}
-        return self._start_times
-
-    @property
-    def trial_seconds(self):
-        if not hasattr(self, "_trial_seconds"):
-            self._trial_seconds = {}
-        return self._trial_seconds
-
     def get_state(self):
         return {**super().get_state(), "trial_seconds": self.trial_seconds}
 
     def set_state(self, state):
         super().set_state(state)
-        self._trial_seconds = dict(state.get("trial_seconds", {}))
+        self.trial_seconds = dict(state.get("trial_seconds", {}))
 
 
 class _ReportingTuner:
@@ -523,10 +518,7 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo):
         one_hot(data_lib.make_eval_dataset(*splits.test, config.batch_size), info.num_classes),
         verbose=0, return_dict=True,
     )
-    path = os.path.join(project_dir, "best.keras")
-    tmp = f"{path}.partial.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    save_model_atomically(model, os.path.join(project_dir, "best.keras"))
     return {
         "test_accuracy": test["accuracy"],
         "test_top5_accuracy": test["top5_accuracy"],
