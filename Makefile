@@ -6,14 +6,20 @@ VENV ?= .venv
 # `make test TORCH=` skips torch (the .pth tests then skip; the .npz route needs no torch).
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# The demo needs only the package; the tests add their extras (and torch) on top.
+BASE_STAMP := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo-digits
 
 .PHONY: install demo test clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml
+$(BASE_STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP)
 	$(BIN)/python -m pip install -q $(TORCH) -e ".[dev$(if $(TORCH),$(comma)torch)]"
 	touch $(STAMP)
 
@@ -22,7 +28,7 @@ comma := ,
 install: $(STAMP)
 
 # The main job, offline: train UPANets (f=8) on scikit-learn's handwritten digits, then score it.
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/upanets-keras train --dataset digits --filters 8 --epochs 8 -o $(DEMO_DIR) --overwrite
 	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png
 

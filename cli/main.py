@@ -4,8 +4,11 @@ TensorFlow is imported inside the commands, so `--help` stays instant.
 """
 
 import functools
+import math
 import os
+import re
 import sys
+import tempfile
 
 import click
 
@@ -16,9 +19,39 @@ NORMALIZATIONS = {
 }
 
 
+VERBOSE_ENV = "UPANETS_VERBOSE"
+# TensorFlow's C++ start-up lines, printed before its logging is configured
+# (so TF_CPP_MIN_LOG_LEVEL cannot hide them): absl's notice, CUDA probing, oneDNN's notice.
+STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:. ]+\d+ (port|cudart_stub|cuda_\w+|gpu_\w+)\.cc:\d+\] .*)$"
+)
+
+
+def verbose_requested():
+    """`--verbose`, UPANETS_VERBOSE=1 or the user's own TF_CPP_MIN_LOG_LEVEL: show TensorFlow's own output."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or "TF_CPP_MIN_LOG_LEVEL" in os.environ
+
+
 def quiet_tensorflow():
-    """Silence TensorFlow's C++ start-up logging before it is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Import TensorFlow with its C++ start-up noise hidden; anything else it prints still shows."""
+    if "tensorflow" in sys.modules or verbose_requested():
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if line.strip() and not STARTUP_NOISE.match(line):
+                    click.echo(line, err=True)
 
 
 def user_errors(func):
@@ -26,8 +59,8 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        quiet_tensorflow()
         try:
+            quiet_tensorflow()
             return func(*args, **kwargs)
         except click.ClickException:
             raise
@@ -56,8 +89,22 @@ def check_output_path(path, overwrite):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="upanets-keras", prog_name="upanets-keras")
-def cli():
+@click.option("-v", "--verbose", is_flag=True,
+              help=f"Show TensorFlow's own start-up and log output (also: {VERBOSE_ENV}=1).")
+def cli(verbose):
     """UPANets (Universal Pixel Attention Networks) in Keras 3."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and inf (which pass its comparisons)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 @cli.command()
@@ -173,12 +220,12 @@ def load_config_file(ctx, param, value):
 @click.option("--image-size", type=click.IntRange(min=8), help="Resize images to this side [default: the dataset's].")
 @click.option("--epochs", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1), help="The global batch, split evenly over the replicas (see --batch-mode).")
-@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Peak learning rate for a batch of --batch-size, cosine-annealed to 0 (see --lr-scaling).")
-@click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
+@click.option("--lr", default=0.1, show_default=True, type=FiniteFloatRange(min=0, min_open=True), help="Peak learning rate for a batch of --batch-size, cosine-annealed to 0 (see --lr-scaling).")
+@click.option("--momentum", default=0.9, show_default=True, type=FiniteFloatRange(0, 1))
+@click.option("--weight-decay", default=5e-4, show_default=True, type=FiniteFloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
 @click.option("--warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--label-smoothing", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--val-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=FiniteFloatRange(0, 1, max_open=True))
+@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
 @click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
@@ -265,14 +312,14 @@ SPACE_HELP = "choices a,b,c or a range MIN:MAX"
               help="YAML/JSON file mapping hyperparameters to choices, {min, max, sampling} or a value; the options above win.")
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--final-epochs", type=click.IntRange(min=0), help="Epochs to retrain the best configuration on train+validation; 0 skips [default: --epochs].")
-@click.option("--val-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]), default="auto", show_default=True)
 @click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
 @click.option("--directory", default=os.path.join("runs", "tune"), show_default=True, type=click.Path(file_okay=False), help="Folder of tuning projects (shared by all machines of a distributed search).")
 @click.option("--project-name", help="Project folder inside --directory [default: the dataset name].")
 @click.option("--overwrite", is_flag=True, help="Start the search over, deleting the project's trials.")
-@click.option("--connect-timeout", default=30.0, show_default=True, type=click.FloatRange(min=1), help="Seconds a worker waits for the chief before giving up.")
+@click.option("--connect-timeout", default=30.0, show_default=True, type=FiniteFloatRange(min=1), help="Seconds a worker waits for the chief before giving up.")
 @click.option("--strategy", type=click.Choice(["auto", "one", "mirrored"]), default="auto", show_default=True,
               help="tf.distribute strategy of each trial. auto: mirrored when more than one GPU is visible; "
                    "--batch-size is then the global batch, split over the GPUs.")
@@ -308,7 +355,7 @@ def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothin
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--val-split", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
+@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
 @click.option("--seed", default=0, show_default=True, type=int, help="As in training, to rebuild the same validation split.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
@@ -360,7 +407,7 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
 @cli.command()
 @click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("-k", "--top-k", type=click.IntRange(min=1), help="Classes to list per image [default: 5, or all if fewer].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @user_errors
 def predict(model_path, images, top_k, as_json):
@@ -380,11 +427,15 @@ def predict(model_path, images, top_k, as_json):
 
     model = upanets_keras.load_model(model_path)
     names = class_names_of(model)
+    if top_k is not None and top_k > len(names):
+        raise click.BadParameter(
+            f"{top_k} is more than the model's {len(names)} classes; use --top-k {len(names)} or fewer",
+            param_hint="-k/--top-k")
     x = load_image_files(list(images), model.input_shape[1])
     logits = np.asarray(model.predict(x.astype("float32"), verbose=0), dtype="float64")
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
-    k = min(top_k, len(names))
+    k = top_k or min(5, len(names))
     for path, p in zip(images, probs):
         order = np.argsort(-p)[:k]
         top = [{"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]

@@ -983,8 +983,16 @@ def _subdirs(folder):
 
 
 def _image_files(folder):
-    files = []
+    files, seen = [], set()
+    top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        # A link to a folder already read, or to one that contains this one (a loop).
+        if real in seen or (top + os.sep).startswith(real + os.sep) and dirpath != os.fspath(folder):
+            logger.warning("skipping %s: it links back to a folder already read", dirpath)
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
         files += [os.path.join(dirpath, f) for f in sorted(filenames)
                   if _is_image_name(f)]

@@ -1,5 +1,6 @@
 """Loading saved UPANets `.keras` files with clear errors."""
 
+import glob
 import os
 import zipfile
 
@@ -7,21 +8,34 @@ import keras
 
 import upanets_keras.layers  # noqa: F401  (registers the custom layers for deserialisation)
 import upanets_keras.optimizers  # noqa: F401
+from upanets_keras import faults
 
 
 class ModelFileError(ValueError):
     """A `.keras` file that is missing, unreadable or not a UPANets model."""
 
 
+def _partial_path(path):
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.partial.keras")  # hidden; Keras insists on the suffix
+
+
 def save_model_atomically(model, path):
-    """Save to a temporary file beside `path`, then rename: no half-written files."""
-    tmp = f"{path}.partial.keras"
+    """Save to a hidden temporary file beside `path`, then rename: no half-written files."""
+    tmp = _partial_path(path)
     try:
         model.save(tmp)
+        faults.reached("save")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_partial_saves(folder):
+    """Delete temporary files that a killed `save_model_atomically` left in `folder`."""
+    for path in glob.glob(os.path.join(glob.escape(folder), ".*.partial.keras")):
+        os.remove(path)
 
 
 def is_upanets(model):

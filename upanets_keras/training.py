@@ -14,9 +14,12 @@ import numpy as np
 import tensorflow as tf
 
 from upanets_keras import data as data_lib
-from upanets_keras import distribute
+from upanets_keras import distribute, faults
+from upanets_keras.checkpoints import AtomicCheckpoint
 from upanets_keras.model import build_upanets
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
+from upanets_keras.run_lock import RunLock
+from upanets_keras.saving import remove_partial_saves
 from upanets_keras.variants import count_parameters, variant_config
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -214,6 +217,7 @@ def _prepare_output_dir(config, overwrite, distribution):
                 f"{out} holds an unfinished run with other settings ({', '.join(changed)}); re-run it "
                 "with the same options to resume, or pass --overwrite to start over"
             )
+    remove_partial_saves(out)
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write-test")
@@ -348,6 +352,11 @@ def train(config, overwrite=False, echo=print, verbose=None):
     # First: multi-worker collectives must be configured before other TensorFlow work.
     strategy = distribute.make_strategy(config.strategy)
     role = distribute.describe(strategy)
+    with RunLock(_worker_dir(config, role)):  # one process at a time per run directory
+        return _train(config, strategy, role, overwrite, echo, verbose)
+
+
+def _train(config, strategy, role, overwrite, echo, verbose):
     if not role["chief"]:
         echo = _prefixed(echo, f"[worker {role['rank']}] ")
     global_batch = distribute.global_batch_size(config.batch_size, config.batch_mode, role["replicas"])
@@ -380,6 +389,7 @@ def train(config, overwrite=False, echo=print, verbose=None):
         config.dataset, data_dir=config.data_dir, image_size=config.image_size,
         val_split=config.val_split, seed=config.seed,
     )
+    faults.reached("data")
     info = splits.info
     x_train, y_train = splits.train
     steps = len(x_train) // global_batch
@@ -441,17 +451,16 @@ def train(config, overwrite=False, echo=print, verbose=None):
     callbacks = [NaNGuard()]
     if role["chief"]:
         callbacks += [
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(out, "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True,
-                initial_value_threshold=best_so_far,
-            ),
-            keras.callbacks.ModelCheckpoint(os.path.join(out, "last.keras")),
+            AtomicCheckpoint(os.path.join(out, "best.keras"), monitor="val_accuracy",
+                             initial_value_threshold=best_so_far),
+            AtomicCheckpoint(os.path.join(out, "last.keras")),
             keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
             keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         ]
     callbacks += [
         throughput,
         EpochSummary(config.epochs, steps, echo),
+        *faults.callbacks(),
         # Last: an epoch counts as done once its backup is written, after its other outputs.
         # Each worker keeps its own backup (all replicas hold the same weights).
         keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
@@ -492,6 +501,7 @@ def train(config, overwrite=False, echo=print, verbose=None):
         shutil.rmtree(out, ignore_errors=True)  # its backup, deleted at the end of fit; nothing else is kept
         return {**distribution, **sync}
 
+    faults.reached("test_eval")
     best = keras.saving.load_model(os.path.join(out, "best.keras"), safe_mode=True)
     compile_for_training(best, config, steps, False)
     test = best.evaluate(

@@ -1,0 +1,62 @@
+"""One run at a time per run directory: an advisory lock file holding the owner's pid.
+
+The lock is an `fcntl.flock` on `<dir>/.lock`, so the kernel releases it when
+its process dies, SIGKILL included: a lock file left by a dead process is
+stale and the next run takes it over.
+
+Example:
+>>> with RunLock("runs/digits"):  # doctest: +SKIP
+...     train(...)
+"""
+
+import fcntl
+import os
+
+LOCK_NAME = ".lock"
+
+
+class RunLockedError(OSError):
+    """The run directory is held by another live process."""
+
+
+class RunLock:
+    """Holds `<directory>/.lock` for the lifetime of a run.
+
+    Args:
+        directory: the run directory (created if missing).
+    """
+
+    def __init__(self, directory):
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, LOCK_NAME)
+        self.fd = None
+
+    def acquire(self):
+        """Take the lock, or raise `RunLockedError` naming the holder's pid."""
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.directory} is in use by another run (pid {holder}); wait for it to finish "
+                "or choose another --output-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
