@@ -349,8 +349,11 @@ def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothin
     run_search(TuneConfig(search_space=space, **options), overwrite=overwrite, echo=click.echo)
 
 
+MODEL_HELP = "a .keras model, or an exported .tflite / .onnx file or SavedModel folder"
+
+
 @cli.command()
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
 @click.option("--dataset", type=click.Choice(DATASETS), required=True)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
@@ -361,34 +364,35 @@ def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothin
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 @user_errors
 def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, as_json):
-    """Score a saved .keras model on a dataset split.
+    """Score a model on a dataset split: a .keras file or an exported artifact.
 
-    Prints top-1, top-5, loss and per-class accuracy. The model's own
-    preprocessing (stored in the file) is used.
+    MODEL is a .keras model, or what `export` wrote (.tflite, .onnx or a
+    SavedModel folder), run by its own runtime, so the accuracy of what will
+    be deployed (int8 included) is measured. Prints top-1, top-5, loss and
+    per-class accuracy. The model's own preprocessing is used.
 
     Example: upanets-keras evaluate runs/digits-upanets8/best.keras --dataset digits
     """
     import json
 
-    import upanets_keras
     from upanets_keras import data as data_lib
+    from upanets_keras.artifacts import load_artifact
     from upanets_keras.evaluation import evaluate_arrays, plot_confusion_matrix
-    from upanets_keras.saving import class_names_of
 
-    model = upanets_keras.load_model(model_path)
-    if "preprocess" not in {layer.name for layer in model.layers}:
+    model = load_artifact(model_path)
+    if model.format == "keras" and "preprocess" not in {layer.name for layer in model.model.layers}:
         click.echo("warning: the model has no built-in normalisation; it is fed raw 0-255 pixels", err=True)
-    image_size = model.input_shape[1]
-    splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=image_size, val_split=val_split, seed=seed)
-    if splits.info.num_classes != model.output_shape[-1]:
+    names = model.class_names
+    splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=model.input_size, val_split=val_split,
+                                  seed=seed)
+    if splits.info.num_classes != len(names):
         raise click.ClickException(
-            f"the model predicts {model.output_shape[-1]} classes but {dataset} has {splits.info.num_classes}; "
+            f"the model predicts {len(names)} classes but {dataset} has {splits.info.num_classes}; "
             "evaluate it on the dataset it was trained for"
         )
     x, y = getattr(splits, split)
     result = evaluate_arrays(model, x, y, batch_size)
-    names = class_names_of(model)
-    result = {"model": model_path, "dataset": dataset, "split": split, **result}
+    result = {"model": model_path, "format": model.format, "dataset": dataset, "split": split, **result}
     if plot:
         plot_confusion_matrix(result["confusion_matrix"], names, plot)
     if as_json:
@@ -404,45 +408,147 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
         click.echo(f"confusion matrix written to {plot}")
 
 
+PREDICT_CHUNK = 1024  # images decoded and classified at a time, so folders of any size fit in memory
+
+
+def _write_predictions(rows, path, top_k):
+    """Write prediction rows as CSV or JSON (by extension), atomically."""
+    import csv
+    import json
+
+    tmp = f"{path}.partial"
+    with open(tmp, "w", newline="") as f:
+        if path.endswith(".json"):
+            json.dump(rows, f, indent=1)
+        else:
+            writer = csv.writer(f)
+            writer.writerow(["image"] + [f"{what}_{i + 1}" for i in range(top_k) for what in ("class", "probability")])
+            for row in rows:
+                writer.writerow([row["image"]] + [v for t in row["top"] for v in (t["class"], f"{t['probability']:.6f}")])
+    os.replace(tmp, path)
+
+
 @cli.command()
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-k", "--top-k", type=click.IntRange(min=1), help="Classes to list per image [default: 5, or all if fewer].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also write every image's result to this .csv or .json file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @user_errors
-def predict(model_path, images, top_k, as_json):
-    """Classify image files with a saved .keras model.
+def predict(model_path, images, top_k, as_json, output, overwrite):
+    """Classify images with a .keras model or an exported artifact.
 
-    Images of any size and mode are converted to RGB at the model's input size.
+    IMAGES are image files or folders (read recursively; unreadable files in
+    a folder are reported and skipped). Images of any size and mode are
+    converted to RGB at the model's input size. --output writes path, top-k
+    classes and probabilities of every image as CSV or JSON.
 
-    Example: upanets-keras predict best.keras cat.png dog.jpg --top-k 3
+    Example: upanets-keras predict best.keras photos/ --output results.csv
     """
     import json
 
     import numpy as np
 
-    import upanets_keras
-    from upanets_keras.data import load_image_files
-    from upanets_keras.saving import class_names_of
+    from upanets_keras.artifacts import load_artifact
+    from upanets_keras.data import decode_image_files, list_image_files, load_image_files
 
-    model = upanets_keras.load_model(model_path)
-    names = class_names_of(model)
+    if output and not output.endswith((".csv", ".json")):
+        raise click.BadParameter("must end in .csv or .json", param_hint="--output")
+    if output:
+        check_output_path(output, overwrite)
+    model = load_artifact(model_path)
+    names = model.class_names
     if top_k is not None and top_k > len(names):
         raise click.BadParameter(
             f"{top_k} is more than the model's {len(names)} classes; use --top-k {len(names)} or fewer",
             param_hint="-k/--top-k")
-    x = load_image_files(list(images), model.input_shape[1])
-    logits = np.asarray(model.predict(x.astype("float32"), verbose=0), dtype="float64")
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
     k = top_k or min(5, len(names))
-    for path, p in zip(images, probs):
-        order = np.argsort(-p)[:k]
-        top = [{"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]
-        if as_json:
-            click.echo(json.dumps({"image": path, "top": top}))
+    files = [f for image in images for f in (list_image_files(image) if os.path.isdir(image) else [image])]
+    if not files:
+        raise click.ClickException(f"no image files in {', '.join(images)}: pass image files or folders of images")
+    explicit = {image for image in images if not os.path.isdir(image)}
+    rows = []
+    for start in range(0, len(files), PREDICT_CHUNK):
+        chunk = files[start:start + PREDICT_CHUNK]
+        if explicit.issuperset(chunk):
+            x, ok = load_image_files(chunk, model.input_size), np.ones(len(chunk), bool)
         else:
-            click.echo(path + ": " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+            x, ok = decode_image_files(chunk, model.input_size)
+        if not len(x):
+            continue
+        logits = np.asarray(model.predict(x.astype("float32"), batch_size=100), dtype="float64")
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        for path, p in zip([f for f, good in zip(chunk, ok) if good], probs):
+            order = np.argsort(-p)[:k]
+            top = [{"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]
+            rows.append({"image": path, "top": top})
+            if as_json:
+                click.echo(json.dumps({"image": path, "top": top}))
+            else:
+                click.echo(path + ": " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+    if output:
+        _write_predictions(rows, output, k)
+        click.echo(f"{len(rows)} results written to {output}", err=True)
+
+
+@cli.command(name="export")
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The artifact: a folder for saved_model, a .tflite file for litert, a .onnx file for onnx.")
+@click.option("--format", "format_", required=True, type=click.Choice(["saved_model", "litert", "onnx"]))
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="LiteRT only. float16: float16 weights; int8: full-integer, calibrated on --dataset.")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Calibration images for --quantize int8 (its training split).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder of --dataset, as for train.")
+@click.option("--calibration-images", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Training images used to calibrate int8.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
+@user_errors
+def export_command(model_path, output, format_, quantize, dataset, data_dir, calibration_images, overwrite):
+    """Export a .keras model for serving and check it computes the same function.
+
+    Writes a SavedModel (TF Serving's serving_default signature), a LiteRT
+    .tflite (float32, float16 or int8) or an ONNX file. Every artifact takes
+    raw 0-255 float32 NHWC pixels (any batch) and returns float32 logits; the
+    class names go beside it (OUT.labels.txt, or assets/labels.txt inside a
+    SavedModel). The artifact is then run by its own runtime in a fresh
+    process and compared with the .keras model; a float32 artifact that
+    differs by more than 1e-4 (relative) is refused and nothing is written.
+
+    Example: upanets-keras export best.keras -o best.tflite --format litert --quantize int8 --dataset digits
+    """
+    from upanets_keras.export import check_request, export_model
+
+    calibration = None
+    if quantize == "int8" and dataset is None:
+        raise click.UsageError("--quantize int8 needs calibration images: add --dataset (and --data-dir)")
+    check_request(output, format_, quantize, calibration=() if quantize == "int8" else None)
+    if os.path.lexists(output) and not overwrite:
+        raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
+    import numpy as np
+
+    import upanets_keras
+    from upanets_keras import data as data_lib
+
+    model = upanets_keras.load_model(model_path)
+    check = None
+    if dataset:
+        splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=model.input_shape[1])
+        x_train = splits.train[0]
+        pick = np.random.default_rng(0).permutation(len(x_train))[:calibration_images]
+        calibration = x_train[np.sort(pick)].astype("float32") if quantize == "int8" else None
+        check = splits.test[0][:64].astype("float32")
+    click.echo(f"exporting {model_path} as {format_}{' (' + quantize + ')' if quantize else ''}...", err=True)
+    report = export_model(model, output, format_, quantize=quantize, calibration=calibration, check_images=check,
+                          overwrite=overwrite)
+    size = report["bytes"]
+    click.echo(
+        f"Wrote {output} ({size / 1e6:.2f} MB): largest logit difference from the .keras model "
+        f"{report['max_abs_diff']:.2e} ({report['max_rel_diff']:.2e} relative), top-1 agreement "
+        f"{report['top1_agreement']:.4f} on {len(check) if check is not None else 16} images"
+    )
 
 
 @cli.command()

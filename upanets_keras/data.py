@@ -823,6 +823,25 @@ def load_image_files(paths, image_size) -> np.ndarray:
     return images
 
 
+def list_image_files(folder):
+    """Every image file under `folder` (recursively, sorted; hidden files and symlink loops skipped)."""
+    return _image_files(folder)
+
+
+def decode_image_files(paths, image_size):
+    """Decode image files, skipping unreadable ones with a warning.
+
+    Args:
+        paths: image paths.
+        image_size: output side in pixels.
+
+    Returns:
+        `(images, ok)`: uint8 (n_ok, image_size, image_size, 3) and a bool mask over `paths`.
+    """
+    return _decode_many([os.fspath(p) for p in paths], _check_image_size(image_size), strict=False,
+                        desc="images", verbose=len(paths) >= _PROGRESS_MIN_ITEMS)
+
+
 # ------------------------------------------------------------ tiny imagenet
 
 def _is_image_name(name):

@@ -1,0 +1,176 @@
+"""`upanets-keras export`: SavedModel, LiteRT (float32/float16/int8) and ONNX, each checked by its own runtime."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from upanets_keras_cli.main import cli
+
+pytest.importorskip("tf2onnx", reason="the export extra is not installed")
+
+SIZE = 16
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def digits_model(path, policy="float32"):
+    import keras
+
+    import upanets_keras
+    from upanets_keras.data import load_splits
+
+    info = load_splits("digits", image_size=SIZE).info
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = upanets_keras.build_upanets(filters=4, num_classes=10, input_shape=(SIZE, SIZE, 3),
+                                            pixel_mean=info.mean, pixel_std=info.std, class_names=info.class_names)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    digits_model(folder / "m.keras")
+    return folder
+
+
+ARTIFACTS = {"saved_model": "m_saved", "litert": "m.tflite", "onnx": "m.onnx"}
+
+
+@pytest.fixture(scope="module")
+def exported(workdir):
+    """Each float32 format exported once through the CLI: {format: (path, output)}."""
+    done = {}
+    for fmt, name in ARTIFACTS.items():
+        result = run("export", workdir / "m.keras", "-o", workdir / name, "--format", fmt, "--dataset", "digits")
+        assert result.exit_code == 0, result.output
+        done[fmt] = (workdir / name, result.output)
+    return done
+
+
+def evaluate_json(path):
+    result = run("evaluate", path, "--dataset", "digits", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fmt", list(ARTIFACTS))
+def test_float32_artifact_computes_the_models_function(workdir, exported, fmt):
+    path, output = exported[fmt]
+    assert "top-1 agreement 1.0000" in output, output
+    relative = float(output.split("(")[2].split(" relative")[0])
+    assert relative <= 1e-4
+    labels = path / "assets" / "labels.txt" if fmt == "saved_model" else path.with_suffix(".labels.txt")
+    assert labels.read_text().split() == [str(i) for i in range(10)]
+    keras_score, artifact_score = evaluate_json(workdir / "m.keras"), evaluate_json(path)
+    assert artifact_score["format"] == fmt
+    assert abs(artifact_score["accuracy"] - keras_score["accuracy"]) <= 1 / keras_score["num_images"]
+    assert abs(artifact_score["loss"] - keras_score["loss"]) < 1e-3
+
+
+def test_saved_model_serving_signature_takes_raw_pixels_with_any_batch(exported):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(exported["saved_model"][0])).signatures["serving_default"]
+    for batch in (1, 3):
+        out = serve(images=tf.zeros((batch, SIZE, SIZE, 3)))["logits"]
+        assert out.shape == (batch, 10) and out.dtype == tf.float32
+
+
+@pytest.mark.parametrize("quantize", ["float16", "int8"])
+def test_quantized_litert(workdir, exported, quantize):
+    out = workdir / f"m_{quantize}.tflite"
+    result = run("export", workdir / "m.keras", "-o", out, "--format", "litert", "--quantize", quantize,
+                 "--dataset", "digits", "--calibration-images", "100")
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size < exported["litert"][0].stat().st_size
+    score = evaluate_json(out)
+    assert score["format"] == "litert" and 0 <= score["accuracy"] <= 1
+
+
+def test_mixed_precision_model_exports_in_float32(tmp_path):
+    from upanets_keras.artifacts import load_artifact
+
+    digits_model(tmp_path / "mixed.keras", policy="mixed_float16")
+    result = run("export", tmp_path / "mixed.keras", "-o", tmp_path / "mixed.onnx", "--format", "onnx")
+    assert result.exit_code == 0 and "top-1 agreement 1.0000" in result.output, result.output
+    logits = load_artifact(tmp_path / "mixed.onnx").predict(np.zeros((2, SIZE, SIZE, 3), np.float32))
+    assert logits.dtype == np.float32 and logits.shape == (2, 10)
+
+
+def test_predict_on_a_folder_writes_every_result(tmp_path, exported):
+    rng = np.random.default_rng(0)
+    for name in ("a/1.png", "a/2.png", "b/c/3.jpg"):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
+    (tmp_path / "photos" / "a" / "broken.png").write_text("not an image")
+    model = exported["litert"][0]
+    result = run("predict", model, tmp_path / "photos", "--top-k", "3", "--output", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [os.path.relpath(r["image"], tmp_path / "photos") for r in rows] == ["a/1.png", "a/2.png", "b/c/3.jpg"]
+    assert list(rows[0]) == ["image", "class_1", "probability_1", "class_2", "probability_2", "class_3",
+                             "probability_3"]
+    result = run("predict", model, tmp_path / "photos", "--output", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert len(rows) == 3 and abs(sum(t["probability"] for t in rows[0]["top"]) - 1) < 0.5
+    again = run("predict", model, tmp_path / "photos", "--output", tmp_path / "r.json")
+    assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_a_failed_verification_leaves_nothing_behind(tmp_path, workdir):
+    import upanets_keras
+    from upanets_keras.export import ExportError, export_model
+
+    model = upanets_keras.load_model(workdir / "m.keras")
+    with pytest.raises(ExportError, match="nothing was written"):
+        export_model(model, tmp_path / "m.tflite", "litert", tolerance=0.0)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["not UPANets", "existing output", "int8 without data", "wrong suffix",
+                                  "quantized onnx", "corrupt tflite", "corrupt onnx", "folder not a SavedModel"])
+def test_bad_export_and_artifact_input(tmp_path, workdir, case):
+    model = workdir / "m.keras"
+    if case == "not UPANets":
+        import keras
+
+        inputs = keras.Input((4,))
+        keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(tmp_path / "other.keras")
+        result, code, words = run("export", tmp_path / "other.keras", "-o", tmp_path / "o.onnx", "--format",
+                                  "onnx"), 1, "not a UPANets model"
+    elif case == "existing output":
+        (tmp_path / "o.onnx").write_text("keep me")
+        result, code, words = run("export", model, "-o", tmp_path / "o.onnx", "--format", "onnx"), 1, "--overwrite"
+        assert (tmp_path / "o.onnx").read_text() == "keep me"
+    elif case == "int8 without data":
+        result, code, words = run("export", model, "-o", tmp_path / "o.tflite", "--format", "litert",
+                                  "--quantize", "int8"), 2, "--dataset"
+    elif case == "wrong suffix":
+        result, code, words = run("export", model, "-o", tmp_path / "o.bin", "--format", "onnx"), 1, ".onnx"
+    elif case == "quantized onnx":
+        result, code, words = run("export", model, "-o", tmp_path / "o.onnx", "--format", "onnx", "--quantize",
+                                  "int8", "--dataset", "digits"), 1, "litert format only"
+    elif case in ("corrupt tflite", "corrupt onnx"):
+        path = tmp_path / ("bad.tflite" if "tflite" in case else "bad.onnx")
+        path.write_bytes(b"\0garbage" * 10)
+        result, code, words = run("evaluate", path, "--dataset", "digits"), 1, "re-export"
+    else:
+        (tmp_path / "folder").mkdir()
+        result, code, words = run("evaluate", tmp_path / "folder", "--dataset", "digits"), 1, "not a SavedModel"
+    assert result.exit_code == code, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
+    assert not (tmp_path / "o.tflite").exists() and not (tmp_path / "o.bin").exists()
