@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from upanets_keras import data as data_lib
 from upanets_keras import distribute
+from upanets_keras import runtime
 from upanets_keras.model import build_upanets
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
 from upanets_keras.variants import count_parameters, variant_config
@@ -394,6 +395,7 @@ def train(config, overwrite=False, echo=print, verbose=None):
             json.dump(
                 {"run": dataclasses.asdict(config), "precision": precision, "jit_compile": jit,
                  "distribution": distribution, "dataset": info.to_dict(), "versions": versions(),
+                 "runtime": runtime.describe(),
                  "devices": [d.name for d in tf.config.list_logical_devices()]},
                 f, indent=2,
             )
