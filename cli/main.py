@@ -4,6 +4,7 @@ TensorFlow is imported inside the commands, so `--help` stays instant.
 """
 
 import functools
+import importlib.util
 import math
 import os
 import re
@@ -11,6 +12,28 @@ import sys
 import tempfile
 
 import click
+
+
+def _load_runtime():
+    """`upanets_keras.runtime` (oneDNN settings), loaded before anything imports TensorFlow.
+
+    Loaded from its file because importing the package would import Keras and
+    TensorFlow, and `--help` must stay instant; registered under its own name,
+    so the package uses this same module later.
+    """
+    name = "upanets_keras.runtime"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("upanets_keras")
+    path = os.path.join(os.path.dirname(spec.origin), "runtime.py")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+runtime = _load_runtime()
 
 NORMALIZATIONS = {
     "none": None,

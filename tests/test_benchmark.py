@@ -28,14 +28,19 @@ def test_figures_are_positive_and_describe_the_setup(figures):
     assert figures["precision"] == "float32" and figures["jit_compile"] is False  # CPU defaults
     assert figures["device"].startswith(("CPU", "GPU"))
     assert {"inter_op", "intra_op", "cpu_count", "onednn"} <= set(figures["threads"])
+    assert figures["threads"]["onednn"] in (True, False, None)  # TensorFlow's answer, not the variable
+    assert figures["runtime"]["onednn"]["enabled"] == figures["threads"]["onednn"]
+    assert "avx2" in figures["runtime"]["cpu"]["isa"] or not figures["runtime"]["cpu"]["isa"]
     assert {"tensorflow", "keras"} <= set(figures["versions"])
     json.dumps(figures)
 
 
 def test_report_is_a_plain_table(figures):
     report = format_report(figures)
-    for text in ("training step", "inference", "input pipeline", "images/s", "device:", "threads:", "TensorFlow"):
+    for text in ("training step", "inference", "input pipeline", "images/s", "device:", "threads:", "TensorFlow",
+                 "oneDNN ", "CPU ISA"):
         assert text in report
+    assert "default (on for x86 CPUs)" not in report
     assert "pass" not in report.lower() and "fail" not in report.lower()
 
 

@@ -1,42 +1,99 @@
-"""Keras UPANets against the reference PyTorch code, side by side in one run.
+"""Keras UPANets against the reference PyTorch code, side by side.
 
-Trains and infers with both on the same configuration and synthetic batch,
-interleaving the two frameworks round by round so that other load on the
-machine hits both alike, then prints images/s and the Keras/reference ratios.
-The reference is imported from a checkout of github.com/hanktseng131415go/UPANets
-(needs torch and einops); it is never copied into this project.
+Trains and infers with both on the same configuration and the same synthetic
+batch, each framework in its own process (never both in one: `import
+tensorflow` before `torch._dynamo`/triton segfaults on some machines, and each
+framework's thread pools slow the other), alternating the two processes
+`--repeats` times so that other load on the machine hits both alike; prints
+the medians, the Keras/reference ratios, and each framework's threads and
+oneDNN state. This process imports neither framework; the reference worker
+never imports TensorFlow. The reference is imported from a checkout of
+github.com/hanktseng131415go/UPANets (needs torch and einops); it is never
+copied into this project.
 
 Usage:
     git clone https://github.com/hanktseng131415go/UPANets /tmp/upanets_ref
-    python tools/side_by_side.py --reference /tmp/upanets_ref [--variant upanets16] [--rounds 20]
+    python tools/side_by_side.py --reference /tmp/upanets_ref [--variant upanets16] [--rounds 10] [--repeats 3]
+    # an AVX2-only machine emulated on an AVX-512 one (oneDNN, MKL and ATen limited to AVX2):
+    python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2
+    # what TensorFlow's default policy gives on such a machine (oneDNN off in the Keras worker):
+    python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2 --keras-env TF_ENABLE_ONEDNN_OPTS=0
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+PIPELINE_BATCHES = 10  # batches per input-pipeline timing, as upanets_keras.benchmark
+VARIANTS = {"upanets16": (16, 1), "upanets32": (32, 1), "upanets64": (64, 1)}
+# Limits every vector-kernel library of both frameworks to AVX2 (oneDNN, MKL, ATen's dispatch).
+AVX2_EMULATION = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
-from upanets_keras.benchmark import (  # noqa: E402
-    CIFAR_MEAN,
-    CIFAR_STD,
-    PIPELINE_BATCHES,
-    device_description,
-    images_per_second,
-    prepare_model,
-    thread_settings,
-    time_calls,
-    time_input_pipeline,
-)
-from upanets_keras.training import versions  # noqa: E402
-from upanets_keras.variants import variant_config  # noqa: E402
 
+def synthetic_batch(batch_size, image_size, num_classes, seed=0):
+    """uint8 NHWC images and int labels, the same as `upanets_keras.benchmark`'s."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
+    return images, labels
+
+
+def time_calls(fn, warmup, repeats):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
+# ---------------------------------------------------------------- Keras worker (imports TensorFlow)
+
+def keras_worker(args):
+    from upanets_keras import runtime  # first: oneDNN settings before TensorFlow loads
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from upanets_keras.benchmark import prepare_model, thread_settings, time_input_pipeline
+    from upanets_keras.training import versions
+
+    filters, blocks = VARIANTS[args.variant]
+    model, x, y, precision, jit = prepare_model(
+        filters, blocks, args.num_classes, args.batch_size, args.image_size, name=args.variant
+    )
+    times = {
+        "train": time_calls(lambda: model.train_on_batch(x, y), args.warmup, args.rounds),
+        "inference": time_calls(lambda: model.predict_on_batch(x), args.warmup, args.rounds),
+        "pipeline": time_input_pipeline(args.batch_size, args.image_size, args.num_classes,
+                                        args.warmup, args.rounds),
+    }
+    threads = thread_settings()
+    info = {
+        "threads": f"TensorFlow inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default)",
+        "onednn": runtime.summary(),
+        "precision": precision, "jit_compile": jit,
+        "versions": f"TensorFlow {versions()['tensorflow']}, Keras {versions()['keras']}",
+    }
+    return times, info
+
+
+# ------------------------------------------------------- reference worker (torch only, no TensorFlow)
 
 def load_reference(path):
     """`UPANets(f, c, block, img)` from the reference checkout at `path`."""
@@ -48,14 +105,20 @@ def load_reference(path):
     return UPANets
 
 
-def reference_steps(UPANets, filters, blocks, num_classes, image_size, images, labels):
-    """The reference's train step (main.py's recipe) and eval-mode inference, as closures."""
-    net = UPANets(filters, num_classes, blocks, image_size)
+def reference_worker(args):
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    UPANets = load_reference(args.reference)
+    filters, blocks = VARIANTS[args.variant]
+    images, labels = synthetic_batch(args.batch_size, args.image_size, args.num_classes)
+    net = UPANets(filters, args.num_classes, blocks, args.image_size)
+    # main.py's recipe
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     mean = np.array(CIFAR_MEAN, "float32") * 255
     std = np.array(CIFAR_STD, "float32") * 255
-    x = torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2).copy())
+    x = torch.from_numpy(((images.astype("float32") - mean) / std).transpose(0, 3, 1, 2).copy())
     y = torch.from_numpy(labels.astype("int64"))
 
     def train():
@@ -69,42 +132,46 @@ def reference_steps(UPANets, filters, blocks, num_classes, image_size, images, l
         with torch.no_grad():
             net(x)
 
-    return train, infer
+    times = {
+        "train": time_calls(train, args.warmup, args.rounds),
+        "inference": time_calls(infer, args.warmup, args.rounds),
+        "pipeline": reference_pipeline_times(torch, args.batch_size, args.image_size, args.rounds, args.warmup),
+    }
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "unknown")()
+    info = {
+        "threads": f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}",
+        "onednn": f"oneDNN (mkldnn) {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}"
+                  f"; ATen CPU capability {capability}",
+        "precision": "float32",
+        "versions": f"torch {torch.__version__}",
+    }
+    return times, info
 
 
-class ReferenceStylePipeline(torch.utils.data.Dataset):
-    """The reference's CIFAR training transform (RandomCrop(S, padding=S/8), flip,
-    ToTensor, Normalize) per image, re-created in torch because torchvision may
-    be missing; loaded like main.py does (DataLoader, shuffle, num_workers=0)."""
+def reference_pipeline_times(torch, batch_size, image_size, rounds, warmup):
+    """main.py's CIFAR training transform (RandomCrop(S, padding=S/8), flip, ToTensor, Normalize),
+    re-created in torch because torchvision may be missing; loaded like main.py (DataLoader,
+    shuffle, num_workers=0)."""
+    images, labels = synthetic_batch(batch_size * 50, image_size, 10)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(labels.astype("int64"))
+    pad = image_size // 8
+    mean = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(3, 1, 1)
 
-    def __init__(self, images, labels):
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-        self.labels = torch.from_numpy(labels.astype("int64"))
-        self.pad = images.shape[1] // 8
-        self.mean = torch.tensor(CIFAR_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(CIFAR_STD).view(3, 1, 1)
+    class Transformed(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
 
-    def __len__(self):
-        return len(self.images)
+        def __getitem__(self, i):
+            img = torch.nn.functional.pad(images[i], (pad, pad, pad, pad))
+            top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            img = img[:, top:top + image_size, left:left + image_size]
+            if torch.rand(()) < 0.5:
+                img = img.flip(2)
+            return (img.float() / 255 - mean) / std, labels[i]
 
-    def __getitem__(self, i):
-        img = self.images[i]
-        size, pad = img.shape[1], self.pad
-        img = torch.nn.functional.pad(img, (pad, pad, pad, pad))
-        top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-        img = img[:, top:top + size, left:left + size]
-        if torch.rand(()) < 0.5:
-            img = img.flip(2)
-        return (img.float() / 255 - self.mean) / self.std, self.labels[i]
-
-
-def reference_pipeline_times(batch_size, image_size, rounds, warmup):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch_size * 50, image_size, image_size, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, batch_size * 50)
-    loader = torch.utils.data.DataLoader(
-        ReferenceStylePipeline(images, labels), batch_size=batch_size, shuffle=True, num_workers=0
-    )
+    loader = torch.utils.data.DataLoader(Transformed(), batch_size=batch_size, shuffle=True, num_workers=0)
 
     def batches():
         while True:
@@ -119,124 +186,96 @@ def reference_pipeline_times(batch_size, image_size, rounds, warmup):
     return time_calls(take, warmup, rounds)
 
 
-def interleaved(fns, rounds, warmup, pause=0.0):
-    """Time each function once per round, in turn; returns {name: [seconds, ...]}.
+# ------------------------------------------------------------------------------------------ driver
 
-    `pause` seconds of sleep before each timed call let the previous call's
-    worker threads (OpenMP, Eigen) stop spinning, so that neither framework
-    is timed while the other's threads still hold the cores.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            time.sleep(pause)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def separate_processes(argv, repeats):
-    """Train and inference timings of each framework in its own process, alternating."""
-    times = {}
-    for _ in range(repeats):
-        for worker in ("keras", "reference"):
-            out = subprocess.run([sys.executable, __file__, *argv, "--worker", worker],
-                                 check=True, capture_output=True, text=True)
-            for name, values in json.loads(out.stdout.strip().splitlines()[-1]).items():
-                times.setdefault(name, []).extend(values)
-    return times
+def run_workers(argv, args):
+    """Each framework in its own process, alternating `args.repeats` times."""
+    times = {"keras": {}, "reference": {}}
+    info = {}
+    base_env = dict(os.environ, **(AVX2_EMULATION if args.emulate_avx2 else {}))
+    keras_env = dict(base_env, **dict(kv.split("=", 1) for kv in args.keras_env))
+    for _ in range(args.repeats):
+        for worker, env in (("keras", keras_env), ("reference", base_env)):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--worker", worker],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                raise SystemExit(f"the {worker} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            for name, values in result["times"].items():
+                times[worker].setdefault(name, []).extend(values)
+            info[worker] = result["info"]
+    return times, info
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="Path of a checkout of the reference repository.")
-    parser.add_argument("--variant", default="upanets16", choices=["upanets16", "upanets32", "upanets64"])
+    parser.add_argument("--variant", default="upanets16", choices=sorted(VARIANTS))
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=20, help="Timed rounds (the median is reported).")
+    parser.add_argument("--rounds", type=int, default=10, help="Timed calls per worker process.")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="Alternations of the two worker processes.")
     parser.add_argument("--torch-threads", type=int, default=2)
-    parser.add_argument("--pause", type=float, default=0.0,
-                        help="Seconds of idle before each timed call (lets the other framework's threads go idle).")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="Limit oneDNN, MKL and ATen to AVX2 in both workers: " + ", ".join(
+                            f"{k}={v}" for k, v in AVX2_EMULATION.items()))
+    parser.add_argument("--keras-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="Extra environment variable for the Keras worker only (repeatable), "
+                             "e.g. TF_ENABLE_ONEDNN_OPTS=0.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
-    parser.add_argument("--mode", choices=["separate", "interleaved"], default="separate",
-                        help="separate: each framework in its own process, in turn (--repeats times); "
-                             "interleaved: both in this process, call by call (each then runs beside the "
-                             "other's idle OpenMP/Eigen threads).")
-    parser.add_argument("--repeats", type=int, default=2, help="Alternations of the two processes (separate mode).")
     parser.add_argument("--worker", choices=["keras", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if any("=" not in kv for kv in args.keras_env):
+        parser.error(f"--keras-env takes NAME=VALUE. Received: {args.keras_env}")
 
-    torch.set_num_threads(args.torch_threads)
-    spec = variant_config(args.variant)
-    b = args.batch_size
-    model, x, y, precision, jit = prepare_model(
-        spec["filters"], spec["blocks"], args.num_classes, b, args.image_size, name=args.variant
-    )
-    steps = {
-        "keras_train": lambda: model.train_on_batch(x, y),
-        "keras_inference": lambda: model.predict_on_batch(x),
-    }
-    if args.worker == "reference" or (not args.worker and args.mode == "interleaved"):
-        ref_train, ref_infer = reference_steps(
-            load_reference(args.reference), spec["filters"], spec["blocks"], args.num_classes, args.image_size,
-            x.numpy(), np.argmax(y.numpy(), axis=1),
-        )
-        steps.update(reference_train=ref_train, reference_inference=ref_infer)
     if args.worker:
-        steps = {k: v for k, v in steps.items() if k.startswith(args.worker)}
-        print(json.dumps(interleaved(steps, args.rounds, args.warmup, args.pause)))
+        times, info = (keras_worker if args.worker == "keras" else reference_worker)(args)
+        print(json.dumps({"times": times, "info": info}))
         return
-    if args.mode == "separate":
-        times = separate_processes(argv if argv is not None else sys.argv[1:], args.repeats)
-    else:
-        times = interleaved(
-            {k: steps[k] for k in ("keras_train", "reference_train", "keras_inference", "reference_inference")},
-            args.rounds, args.warmup, args.pause,
-        )
-    times["keras_pipeline"] = time_input_pipeline(b, args.image_size, args.num_classes, args.warmup, args.rounds)
-    times["reference_pipeline"] = reference_pipeline_times(b, args.image_size, args.rounds, args.warmup)
-    per_call = {k: b * (PIPELINE_BATCHES if k.endswith("pipeline") else 1) for k in times}
-    rates = {k: images_per_second(per_call[k], v) for k, v in times.items()}
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    load_before = os.getloadavg()
+    times, info = run_workers(argv, args)
+    b = args.batch_size
+    per_call = {"train": b, "inference": b, "pipeline": b * PIPELINE_BATCHES}
+    rates = {w: {k: per_call[k] / statistics.median(v) for k, v in t.items()} for w, t in times.items()}
+    spread = {w: {k: [per_call[k] / max(v), per_call[k] / min(v)] for k, v in t.items()} for w, t in times.items()}
+    ratios = {k: rates["keras"][k] / rates["reference"][k] for k in per_call}
+    ratios["keras_pipeline_over_train"] = rates["keras"]["pipeline"] / rates["keras"]["train"]
     report = {
-        "variant": args.variant, "batch_size": b, "image_size": args.image_size,
-        "rounds": args.rounds, "mode": args.mode, "keras_precision": precision, "keras_jit_compile": jit,
-        "images_per_second": rates,
-        "ratios": {
-            "train": rates["keras_train"] / rates["reference_train"],
-            "inference": rates["keras_inference"] / rates["reference_inference"],
-            "pipeline": rates["keras_pipeline"] / rates["reference_pipeline"],
-            "keras_pipeline_over_train": rates["keras_pipeline"] / rates["keras_train"],
-        },
-        "device": device_description(),
-        "tensorflow_threads": thread_settings(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {**versions(), "torch": torch.__version__},
-        "load_average": os.getloadavg(),
+        "variant": args.variant, "batch_size": b, "image_size": args.image_size, "rounds": args.rounds,
+        "repeats": args.repeats, "emulate_avx2": args.emulate_avx2, "keras_env": args.keras_env,
+        "images_per_second": rates, "range": spread, "ratios": ratios, "workers": info,
+        "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
+        "load_average": {"before": load_before, "after": os.getloadavg()},
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    r = report["ratios"]
-    how = (f"each framework in its own process, {args.repeats} alternations of {args.rounds} rounds"
-           if args.mode == "separate" else f"{args.rounds} interleaved rounds in one process")
-    print(f"{args.variant}, batch {b}, {args.image_size}x{args.image_size}, median of {how}")
-    print(f"Keras {precision}, XLA {'on' if jit else 'off'}; reference float32, torch threads {torch.get_num_threads()}")
+    print(f"{args.variant}, batch {b}, {args.image_size}x{args.image_size}; medians of {args.rounds} timed calls "
+          f"x {args.repeats} alternations, each framework in its own process")
+    if args.emulate_avx2:
+        print("AVX2 EMULATION: " + " ".join(f"{k}={v}" for k, v in AVX2_EMULATION.items()) + " in both workers")
+    if args.keras_env:
+        print("Keras worker environment: " + " ".join(args.keras_env))
     print()
     print(f"{'':22}{'Keras img/s':>12}{'reference img/s':>17}{'ratio':>8}")
     for kind, label in (("train", "training step"), ("inference", "inference"), ("pipeline", "input pipeline")):
-        print(f"{label:22}{rates['keras_' + kind]:>12.1f}{rates['reference_' + kind]:>17.1f}{r[kind]:>7.2f}x")
+        print(f"{label:22}{rates['keras'][kind]:>12.1f}{rates['reference'][kind]:>17.1f}{ratios[kind]:>7.2f}x")
     print()
-    print(f"Keras input pipeline / Keras training: {r['keras_pipeline_over_train']:.1f}x")
+    for kind in ("train", "inference"):
+        k, r = spread["keras"][kind], spread["reference"][kind]
+        print(f"range {kind:<10} Keras {k[0]:.1f}-{k[1]:.1f}, reference {r[0]:.1f}-{r[1]:.1f} img/s")
+    print(f"Keras input pipeline / Keras training: {ratios['keras_pipeline_over_train']:.1f}x")
     print("reference pipeline: main.py's CIFAR transforms re-created in torch, DataLoader num_workers=0")
-    print(f"device: {report['device']}; load average {', '.join(f'{v:.2f}' for v in report['load_average'])}")
-    v = report["versions"]
-    print(f"TensorFlow {v['tensorflow']}, Keras {v['keras']}, torch {v['torch']}, Python {v['python']}")
+    for worker in ("keras", "reference"):
+        i = info[worker]
+        print(f"{worker:>9}: {i['versions']}; {i['precision']}; {i['threads']}; {i['onednn']}")
+    la = report["load_average"]
+    print(f"CPU: {report['cpu']}; load average before {la['before'][0]:.2f}, after "
+          f"{', '.join(f'{v:.2f}' for v in la['after'])}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Example:
 
 __version__ = "0.1.0"
 
+from upanets_keras import runtime  # noqa: E402,F401  (first: sets oneDNN up before TensorFlow loads)
+
 from upanets_keras.layers import (  # noqa: E402
     ChannelPixelAttention,
     ParameterFreeLayerNorm,

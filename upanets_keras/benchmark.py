@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from upanets_keras import data as data_lib
+from upanets_keras import runtime
 from upanets_keras.model import build_upanets
 from upanets_keras.training import (
     TrainConfig,
@@ -41,12 +42,16 @@ def device_description():
 
 
 def thread_settings():
-    """TensorFlow's thread pools (0 = TensorFlow's default, one thread per core) and oneDNN."""
+    """TensorFlow's thread pools (0 = TensorFlow's default, one thread per core) and oneDNN.
+
+    `onednn` is what TensorFlow reports (`True`/`False`, `None` if it cannot
+    tell), not the environment variable.
+    """
     return {
         "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
         "cpu_count": os.cpu_count(),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 CPUs)"),
+        "onednn": runtime.onednn_enabled(),
     }
 
 
@@ -210,6 +215,7 @@ def run_benchmark(
         "pipeline_to_train_ratio": rates["input_pipeline"] / rates["train"],
         "device": device_description(),
         "threads": thread_settings(),
+        "runtime": runtime.describe(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": versions(),
     }
@@ -237,7 +243,8 @@ def format_report(figures):
         f"device: {figures['device']}"
         + (f"; load average {figures['load_average'][0]:.2f}" if figures.get("load_average") else ""),
         f"threads: inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default), "
-        f"{threads['cpu_count']} cores; oneDNN {threads['onednn']}",
+        f"{threads['cpu_count']} cores",
+        runtime.summary(figures["runtime"]),
         f"TensorFlow {v['tensorflow']}, Keras {v['keras']}, Python {v['python']}",
     ]
     return "\n".join(lines)

@@ -328,6 +328,17 @@ class ChannelPixelAttention(keras.layers.Layer):
     def _project(dense, bn, x, training):
         # BN(Dense(x)), with the dense bias handed to the BatchNorm as its `shift`
         # rather than added to every pixel.
+        if not (training and bn.trainable) and bn.center and bn.scale and not bn.renorm:
+            # Inference: the BatchNorm folded into the projection, one matmul and one bias
+            # add instead of a matmul and a batch norm over every pixel.
+            dtype = keras.backend.result_type(x.dtype, "float32")
+            rstd = ops.rsqrt(ops.cast(bn.moving_variance, dtype) + bn.epsilon)
+            scale = ops.cast(bn.gamma, dtype) * rstd
+            kernel = ops.cast(dense.kernel, dtype) * scale
+            bias = (ops.cast(dense.bias, dtype) - ops.cast(bn.moving_mean, dtype)) * scale
+            bias = bias + ops.cast(bn.beta, dtype)
+            z = ops.matmul(x, ops.cast(kernel, x.dtype))
+            return ops.add(z, ops.cast(bias, x.dtype))
         z = ops.matmul(x, ops.cast(dense.kernel, x.dtype))
         return bn(z, training=training, shift=dense.bias)
 

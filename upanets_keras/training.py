@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from upanets_keras import data as data_lib
-from upanets_keras import distribute, faults
+from upanets_keras import distribute, faults, runtime
 from upanets_keras.checkpoints import AtomicCheckpoint
 from upanets_keras.model import build_upanets
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
@@ -404,6 +404,7 @@ def _train(config, strategy, role, overwrite, echo, verbose):
             json.dump(
                 {"run": dataclasses.asdict(config), "precision": precision, "jit_compile": jit,
                  "distribution": distribution, "dataset": info.to_dict(), "versions": versions(),
+                 "runtime": runtime.describe(),
                  "devices": [d.name for d in tf.config.list_logical_devices()]},
                 f, indent=2,
             )

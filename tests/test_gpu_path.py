@@ -1,0 +1,48 @@
+"""The GPU defaults (mixed_float16 + XLA) on the CPU: a tiny run trains, saves, reloads and evaluates.
+
+Slow on the CPU for a reason outside this project: XLA's CPU compiler spends about a minute on the
+training step's graph (see docs/PERFORMANCE.md), so this is the smallest run that exercises the path.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from upanets_keras_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_path") / "run"
+    result = CliRunner().invoke(cli, [
+        "train", "--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "128",
+        "--epochs", "1", "--precision", "mixed_float16", "--jit-compile", "on", "-o", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "precision mixed_float16, XLA on" in result.output
+    return out
+
+
+def test_mixed_precision_xla_run_trains_and_records_its_setup(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["precision"] == "mixed_float16" and config["jit_compile"] is True
+    assert config["runtime"]["cpu"]["logical_cores"] >= 1 and "enabled" in config["runtime"]["onednn"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 1 and np.isfinite(metrics["test_loss"])
+
+
+def test_mixed_precision_model_reloads_and_evaluates_alike(run_dir):
+    from upanets_keras import load_model
+
+    model = load_model(run_dir / "best.keras")
+    policies = {layer.dtype_policy.name for layer in model.layers}
+    assert "mixed_float16" in policies
+    assert model.outputs[0].dtype == "float32"  # logits in float32
+    result = CliRunner().invoke(cli, ["evaluate", str(run_dir / "best.keras"), "--dataset", "digits", "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.output[result.output.index("{"):])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert evaluated["num_images"] == 359
+    assert evaluated["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=0.01)

@@ -1,0 +1,75 @@
+"""upanets_keras.runtime: oneDNN on before TensorFlow loads, the user's settings respected, state asked of TF."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from upanets_keras import runtime
+
+PROBE = (
+    "import json, sys; {first}; import tensorflow; from upanets_keras import runtime; "
+    "print(json.dumps(runtime.describe()))"
+)
+
+
+def probe(env_overrides, first="import upanets_keras"):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR")}
+    env.update(env_overrides, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", PROBE.format(first=first)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_configure_sets_defaults_but_respects_the_user(monkeypatch):
+    monkeypatch.setattr(runtime, "is_x86", lambda: True)
+    env = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    applied = runtime.configure(env)
+    assert env == {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
+    assert applied == {"TF_ENABLE_ONEDNN_OPTS": "set by the user",
+                       "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "set by upanets_keras"}
+    monkeypatch.setattr(runtime, "is_x86", lambda: False)
+    env = {}
+    assert set(runtime.configure(env).values()) == {"left unset (not x86-64)"} and env == {}
+
+
+@pytest.mark.skipif(not runtime.is_x86(), reason="oneDNN is turned on by upanets_keras on x86-64 only")
+def test_tensorflow_reports_onednn_on_by_default_and_off_when_the_user_says_so():
+    on = probe({})
+    assert on["onednn"]["enabled"] is True
+    assert on["onednn"]["settings"]["TF_ENABLE_ONEDNN_OPTS"] == "set by upanets_keras"
+    assert on["onednn"]["tensorflow_imported_before_upanets_keras"] is False
+    off = probe({"TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert off["onednn"]["enabled"] is False  # asked of TensorFlow, not read from the variable
+    assert off["onednn"]["settings"]["TF_ENABLE_ONEDNN_OPTS"] == "set by the user"
+
+
+def test_tensorflow_imported_first_is_reported():
+    state = probe({}, first="import tensorflow; import upanets_keras")
+    assert state["onednn"]["tensorflow_imported_before_upanets_keras"] is True
+
+
+def test_cpu_features_and_summary():
+    state = runtime.describe()
+    assert state["cpu"]["logical_cores"] == os.cpu_count() and state["cpu"]["model"]
+    if os.path.exists("/proc/cpuinfo") and runtime.is_x86():
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+        assert state["cpu"]["isa"]["avx2"] == ("avx2" in flags)
+        assert state["cpu"]["isa"]["avx512f"] == ("avx512f" in flags)
+    line = runtime.summary(state)
+    assert line.startswith("oneDNN ") and "CPU ISA" in line
+
+
+def test_cli_help_imports_no_tensorflow_but_sets_onednn_up():
+    code = ("import sys; from click.testing import CliRunner; from upanets_keras_cli.main import cli; "
+            "r = CliRunner().invoke(cli, ['--help']); import os; "
+            "print(r.exit_code, 'tensorflow' in sys.modules, 'keras' in sys.modules, "
+            "os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    expected = "1" if runtime.is_x86() else "None"
+    assert out.stdout.split() == ["0", "False", "False", expected]

@@ -1,0 +1,147 @@
+"""TensorFlow's CPU runtime settings for UPANets, applied before TensorFlow is imported.
+
+TensorFlow turns oneDNN on by itself only on x86 CPUs with AVX512_VNNI,
+AVX512_BF16, AVX_VNNI or AMX; on AVX2-only machines every convolution and
+BatchNorm then runs a slower Eigen kernel (docs/PERFORMANCE.md has the
+figures). Importing this module (which `upanets_keras` and the CLI do first)
+sets, on x86-64, unless the user already set them:
+
+- `TF_ENABLE_ONEDNN_OPTS=1`: oneDNN kernels on every x86-64 CPU;
+- `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`: oneDNN's scratch memory from malloc
+  instead of TensorFlow's BFC allocator.
+
+A variable the user set is respected, and nothing takes effect once
+TensorFlow was imported before this module (`describe()` then says so).
+This module imports nothing heavy.
+
+Example:
+>>> from upanets_keras import runtime
+>>> runtime.describe()["onednn"]["enabled"] in (True, False, None)
+True
+"""
+
+import os
+import platform
+import sys
+
+DEFAULTS = {
+    "TF_ENABLE_ONEDNN_OPTS": "1",
+    "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1",
+}
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+_applied = {}  # variable -> "set by upanets_keras" | "set by the user"
+_tensorflow_was_imported_first = None
+
+
+def is_x86():
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+def configure(environ=None):
+    """Set the runtime defaults in `environ` (`os.environ`) where the user has not.
+
+    Returns:
+        `{variable: "set by upanets_keras" | "set by the user"}`.
+
+    Example:
+    >>> configure({})["TF_ENABLE_ONEDNN_OPTS"] in ("set by upanets_keras", "left unset (not x86-64)")
+    True
+    """
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for name, value in DEFAULTS.items():
+        if name in environ:
+            applied[name] = "set by the user"
+        elif is_x86():
+            environ[name] = value
+            applied[name] = "set by upanets_keras"
+        else:
+            applied[name] = "left unset (not x86-64)"
+    return applied
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (else `platform.processor()`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features():
+    """`{flag: bool}` for the vector ISA extensions that matter to oneDNN (Linux /proc/cpuinfo).
+
+    Returns an empty dict where /proc/cpuinfo cannot be read.
+
+    Example:
+    >>> isinstance(cpu_features(), dict)
+    True
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return {}
+    if flags is None:
+        return {}
+    flags = set(flags)
+    return {name: name in flags for name in ISA_FLAGS}
+
+
+def onednn_enabled():
+    """Whether the loaded TensorFlow runs its oneDNN kernels, asked of TensorFlow itself.
+
+    Returns `None` when TensorFlow is not imported yet or cannot tell
+    (private API, wrapped defensively).
+    """
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:  # noqa: BLE001 - a private module that may move between releases
+        return None
+
+
+def describe():
+    """The runtime state as a JSON-ready dict: oneDNN (as TensorFlow reports it), its settings, the CPU.
+
+    Example:
+    >>> sorted(describe())
+    ['cpu', 'environment', 'onednn']
+    """
+    env = {name: os.environ.get(name) for name in (*DEFAULTS, "ONEDNN_MAX_CPU_ISA", "TF_NUM_INTEROP_THREADS",
+                                                      "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")}
+    return {
+        "onednn": {
+            "enabled": onednn_enabled(),
+            "max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or "all (not limited)",
+            "settings": dict(_applied),
+            "tensorflow_imported_before_upanets_keras": _tensorflow_was_imported_first,
+        },
+        "environment": {k: v for k, v in env.items() if v is not None},
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "isa": cpu_features()},
+    }
+
+
+def summary(state=None):
+    """One line: oneDNN state and the CPU's ISA, e.g. for `benchmark`'s report."""
+    state = state or describe()
+    enabled = {True: "on", False: "off", None: "unknown"}[state["onednn"]["enabled"]]
+    source = state["onednn"]["settings"].get("TF_ENABLE_ONEDNN_OPTS", "")
+    isa = [name for name, present in state["cpu"]["isa"].items() if present]
+    limit = state["onednn"]["max_cpu_isa"]
+    return (f"oneDNN {enabled} (as TensorFlow reports it; TF_ENABLE_ONEDNN_OPTS {source or 'not managed'}"
+            f"{'' if limit.startswith('all') else f', ONEDNN_MAX_CPU_ISA={limit}'}); "
+            f"CPU ISA: {', '.join(isa) or 'unknown'}")
+
+
+if not _applied:
+    _tensorflow_was_imported_first = "tensorflow" in sys.modules
+    _applied.update(configure())
