@@ -32,8 +32,10 @@ demo: $(BASE_STAMP)
 	$(BIN)/upanets-keras train --dataset digits --filters 8 --epochs 8 -o $(DEMO_DIR) --overwrite
 	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png
 
+# Two test processes, a test file each at a time: most of a test's time is single-threaded
+# (process start-up, graph tracing), so two overlap well on two cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -1,6 +1,10 @@
 import os
 
+import tempfile  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Disk caches of the tests (and of the commands they start) never land in the user's ~/.cache.
+os.environ.setdefault("UPANETS_CACHE_DIR", tempfile.mkdtemp(prefix="upanets-test-cache-"))
 
 import pathlib  # noqa: E402
 

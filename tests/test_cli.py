@@ -100,3 +100,15 @@ def test_non_upanets_keras_file_is_refused(tmp_path):
     (tmp_path / "junk.keras").write_text("junk")
     with pytest.raises(ModelFileError, match="not a Keras v3 .keras file"):
         upanets_keras.load_model(tmp_path / "junk.keras")
+
+
+def test_the_cli_lists_what_the_library_knows():
+    """The CLI keeps its choices literal (so --help loads no TensorFlow); they must match the library's."""
+    from upanets_keras import data, distribute, training
+    from upanets_keras_cli import common
+
+    assert common.DATASETS == data.DATASET_NAMES
+    assert common.CACHE_MODES == data.CACHE_MODES
+    assert common.STRATEGIES == distribute.STRATEGIES
+    assert common.PRECISIONS == training.PRECISIONS
+    assert common.VARIANT_NAMES == tuple(__import__("upanets_keras").list_models())

@@ -18,6 +18,7 @@ from PIL import Image
 
 from upanets_keras import data as D
 from upanets_keras.data import DataError, DatasetInfo
+from upanets_keras.data.sources import tfds as tfds_source
 
 
 # --------------------------------------------------------------- CIFAR fixtures
@@ -181,7 +182,7 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
 
 def test_cifar_tfds_route_with_mock_data(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(D, "host_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=12):
         splits = D.load_splits("cifar10", data_dir=tmp_path, val_split=0.25)
     assert splits.info.class_names == list(D.CIFAR10_CLASSES)
@@ -193,7 +194,7 @@ def test_cifar_tfds_route_with_mock_data(tmp_path, monkeypatch):
 
 
 def test_cifar_offline_without_data_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "host_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda *a, **k: False)
     start = time.monotonic()
     with pytest.raises(DataError) as err:
         D.load_splits("cifar10", data_dir=tmp_path)

@@ -79,12 +79,25 @@ def _synthetic_batch(batch_size, image_size, num_classes, seed):
     return images, labels
 
 
-def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeats=10, seed=0):
+def _disk_cached(x, y, cache_dir):
+    """`x` written to a disk cache under `cache_dir` and mapped back, as `train --cache disk` reads it."""
+    from upanets_keras.data.cache import DiskCache
+    from upanets_keras.data.source import SourceData, array_reader
+
+    source = SourceData(name="synthetic", class_names=[], image_size=x.shape[1], splits={"train": array_reader(x, y)},
+                        identity={"location": "benchmark"})
+    (images, labels), = DiskCache(cache_dir, source, verbose=False).load()[0].values()
+    return images, labels
+
+
+def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeats=10, seed=0, cache="memory",
+                        cache_dir=None):
     """Seconds per `PIPELINE_BATCHES` batches of the training input pipeline.
 
-    The path `train` builds: images cached on the CPU, stateless random crop
-    and flip per (seed, epoch, step), one-hot labels, prefetch; on synthetic
-    uint8 images.
+    The path `train` builds: images cached on the CPU (or, with
+    ``cache="disk"``, read from a memory-mapped disk cache), stateless random
+    crop and flip per (seed, epoch, step), one-hot labels, prefetch; on
+    synthetic uint8 images.
 
     Returns:
         A list of `repeats` timings.
@@ -92,21 +105,26 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
     Example:
     >>> times = time_input_pipeline(8, 16, repeats=2)
     """
-    from upanets_keras.training import one_hot
+    import tempfile
+
+    from upanets_keras.data.pipeline import one_hot
 
     x, y = _synthetic_batch(batch_size * 50, image_size, num_classes, seed)
     info = data_lib.DatasetInfo(
         name="synthetic", num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
         image_size=image_size, mean=CIFAR_MEAN, std=CIFAR_STD, pad=image_size // 8, flip=True,
     )
-    dataset = one_hot(data_lib.make_train_dataset(x, y, info, batch_size, seed=seed), num_classes)
-    iterator = iter(dataset)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as folder:
+        if cache == "disk":
+            x, y = _disk_cached(x, y, folder)
+        dataset = one_hot(data_lib.make_train_dataset(x, y, info, batch_size, seed=seed), num_classes)
+        iterator = iter(dataset)
 
-    def take():
-        for _ in range(PIPELINE_BATCHES):
-            next(iterator)
+        def take():
+            for _ in range(PIPELINE_BATCHES):
+                next(iterator)
 
-    return time_calls(take, warmup, repeats)
+        return time_calls(take, warmup, repeats)
 
 
 def prepare_model(filters=16, blocks=1, num_classes=10, batch_size=100, image_size=32,
@@ -153,6 +171,8 @@ def run_benchmark(
     steps=10,
     warmup=2,
     seed=0,
+    cache="memory",
+    cache_dir=None,
 ):
     """Time a training step, inference and the input pipeline, in images per second.
 
@@ -174,6 +194,8 @@ def run_benchmark(
         steps: timed repetitions of each measurement.
         warmup: untimed calls before timing.
         seed: seed of the weights and the synthetic data.
+        cache: where the input pipeline reads from, `memory` or `disk`.
+        cache_dir: the folder a temporary disk cache is written under.
 
     Returns:
         A dict of the figures and the setup (device, versions, threads).
@@ -193,7 +215,7 @@ def run_benchmark(
     )
     train = time_calls(lambda: model.train_on_batch(x, y), warmup, steps)
     infer = time_calls(lambda: model.predict_on_batch(x), warmup, steps)
-    pipeline = time_input_pipeline(batch_size, image_size, num_classes, warmup, steps, seed)
+    pipeline = time_input_pipeline(batch_size, image_size, num_classes, warmup, steps, seed, cache, cache_dir)
     rates = {
         "train": images_per_second(batch_size, train),
         "inference": images_per_second(batch_size, infer),
@@ -209,6 +231,7 @@ def run_benchmark(
         "jit_compile": jit,
         "steps": steps,
         "warmup": warmup,
+        "input_cache": cache,
         "images_per_second": rates,
         "train_step_seconds": statistics.median(train),
         "cifar_epoch_seconds": CIFAR_EPOCH / rates["train"],
@@ -235,7 +258,8 @@ def format_report(figures):
         f"{'measurement':<40}{'images/s':>10}",
         f"{'training step (forward+backward+SGD)':<40}{rates['train']:>10.1f}",
         f"{'inference':<40}{rates['inference']:>10.1f}",
-        f"{'input pipeline (with augmentation)':<40}{rates['input_pipeline']:>10.1f}",
+        f"{'input pipeline (augmented, ' + figures.get('input_cache', 'memory') + ' cache)':<40}"
+        f"{rates['input_pipeline']:>10.1f}",
         "",
         f"one training step: {figures['train_step_seconds'] * 1e3:.1f} ms; "
         f"one CIFAR epoch ({CIFAR_EPOCH:,} images): {figures['cifar_epoch_seconds']:.1f} s; "

@@ -2,13 +2,23 @@
 
 import numpy as np
 
+CHUNK = 4096  # images converted to float32 at a time, so a split of any size fits in memory
+
+
+def predict_logits(model, x, batch_size=100):
+    """float64 logits of `model` on images `x` (0-255), converted to float32 a chunk at a time."""
+    parts = [np.asarray(model.predict(np.asarray(x[i:i + CHUNK], dtype="float32"), batch_size=batch_size,
+                                      verbose=0), dtype="float64")
+             for i in range(0, len(x), CHUNK)]
+    return np.concatenate(parts)
+
 
 def evaluate_arrays(model, x, y, batch_size=100):
     """Score `model` on uint8/float images `x` (0-255) with integer labels `y`.
 
     Args:
         model: a UPANets model that takes 0-255 pixels (one `train` wrote).
-        x: images, NHWC.
+        x: images, NHWC (an array, or a disk cache's `CachedImages`).
         y: labels.
         batch_size: images per forward pass.
 
@@ -19,8 +29,7 @@ def evaluate_arrays(model, x, y, batch_size=100):
     Example:
     >>> evaluate_arrays(model, x_test, y_test)["accuracy"]  # doctest: +SKIP
     """
-    logits = model.predict(x.astype("float32"), batch_size=batch_size, verbose=0)
-    logits = np.asarray(logits, dtype="float64")
+    logits = predict_logits(model, x, batch_size)
     num_classes = logits.shape[-1]
     y = np.asarray(y, dtype="int64")
     shifted = logits - logits.max(axis=1, keepdims=True)

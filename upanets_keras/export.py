@@ -74,12 +74,12 @@ def input_signature(model):
 
 def inference_function(model):
     """The model in inference mode as a concrete function of (batch, H, W, 3) float32 pixels, variables frozen."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from upanets_keras import compat
 
     model = float32_model(model)
     serve = tf.function(lambda images: tf.cast(model(images, training=False), tf.float32),
                         input_signature=input_signature(model))
-    return convert_variables_to_constants_v2(serve.get_concrete_function())
+    return compat.freeze_variables(serve.get_concrete_function())
 
 
 def _write_saved_model(model, path):

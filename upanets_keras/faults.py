@@ -2,7 +2,8 @@
 
 Stages: `data` (after loading the data), `mid_epoch` (inside the second
 epoch), `save` (a `.keras` file written but not yet renamed into place),
-`test_eval` (before the final test evaluation). Unset, it does nothing.
+`test_eval` (before the final test evaluation), `cache` (a disk cache
+half-written). Unset, it does nothing.
 """
 
 import os

@@ -37,21 +37,13 @@ def _replicas_in_sync():
 
 
 def _cross_replica_sum(context, x):
-    """`context.all_reduce(SUM, x)` with a first-order gradient only.
-
-    TensorFlow's own all-reduce wraps its gradient in another custom gradient
-    whose graph walk makes tracing quadratic in the graph size (minutes for
-    this network under MirroredStrategy); ours calls the reduction directly.
-    """
+    """`context.all_reduce(SUM, x)` with a first-order gradient only (see `compat.all_reduce_in_replica`)."""
     import tensorflow as tf
 
-    extended = context.strategy.extended
-    total = tf.distribute.ReduceOp.SUM
+    from upanets_keras import compat
 
     def reduce(value):
-        if extended._use_merge_call():
-            return context.merge_call(lambda strategy, v: strategy.extended.reduce_to(total, v, v), args=(value,))
-        return extended._replica_ctx_all_reduce(total, [value], tf.distribute.experimental.CommunicationOptions())[0]
+        return compat.all_reduce_in_replica(context, tf.distribute.ReduceOp.SUM, value)
 
     @tf.custom_gradient
     def summed(value):
@@ -121,9 +113,10 @@ class ReferenceBatchNormalization(keras.layers.BatchNormalization):
         if not training or plain:
             return super().call(inputs, training=training, mask=mask)
         inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        mean, variance = self._moments(inputs, None)
+        axes = self._batch_axes(inputs)
+        mean, variance = self._batch_moments(inputs, axes)
         count = 1
-        for axis in self._reduction_axes:
+        for axis in axes:
             count *= ops.shape(inputs)[axis]
         if self.synchronized:  # the statistics span every replica's slice of the batch
             count *= _replicas_in_sync()
@@ -148,10 +141,16 @@ class ReferenceBatchNormalization(keras.layers.BatchNormalization):
         )
         return ops.cast(outputs, self.compute_dtype)
 
-    def _moments(self, inputs, mask):
-        if self.synchronized and mask is None and keras.backend.backend() == "tensorflow":
-            return _synchronized_moments(inputs, self._reduction_axes, self.moving_mean)
-        return super()._moments(inputs, mask)
+    def _batch_axes(self, inputs):
+        """Every axis but the normalised one."""
+        channel = self.axis % len(inputs.shape)
+        return [i for i in range(len(inputs.shape)) if i != channel]
+
+    def _batch_moments(self, inputs, axes):
+        """Mean and biased variance over `axes` (and over every replica's slice when synchronized)."""
+        if self.synchronized and keras.backend.backend() == "tensorflow":
+            return _synchronized_moments(inputs, axes, self.moving_mean)
+        return ops.moments(inputs, axes, synchronized=self.synchronized)
 
     def _fused_call(self, inputs, training, shift):
         offset, moving_mean = self.beta, self.moving_mean

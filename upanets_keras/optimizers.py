@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from upanets_keras import compat
 from upanets_keras.layers import PACKAGE
 
 
@@ -56,7 +57,7 @@ class ReferenceSGD(keras.optimizers.Optimizer):
         if self.coupled_weight_decay:
             g = ops.add(g, ops.multiply(variable, ops.cast(self.coupled_weight_decay, variable.dtype)))
         if self.momentum:
-            buf = self.momentums[self._get_variable_index(variable)]
+            buf = self.momentums[compat.variable_index(self, variable)]
             self.assign(buf, ops.add(ops.multiply(buf, ops.cast(self.momentum, variable.dtype)), g))
             g = buf
         self.assign_sub(variable, ops.multiply(g, lr))

@@ -2,7 +2,7 @@
 
 The lock is an `fcntl.flock` on `<dir>/.lock`, so the kernel releases it when
 its process dies, SIGKILL included: a lock file left by a dead process is
-stale and the next run takes it over.
+stale and the next run takes it over. A run that ends removes the file.
 
 Example:
 >>> with RunLock("runs/digits"):  # doctest: +SKIP
@@ -33,25 +33,41 @@ class RunLock:
 
     def acquire(self):
         """Take the lock, or raise `RunLockedError` naming the holder's pid."""
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunLockedError(
-                f"{self.directory} is in use by another run (pid {holder}); wait for it to finish "
-                "or choose another --output-dir"
-            ) from None
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot write to output directory {self.directory}: {e.strerror}") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.directory} is in use by another run (pid {holder}); wait for it to finish "
+                    "or choose another --output-dir"
+                ) from None
+            if self._still_linked(fd):
+                break
+            os.close(fd)  # its holder removed the file as we opened it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
         return self
 
+    def _still_linked(self, fd):
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
     def release(self):
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)
+            try:
+                os.unlink(self.path)  # still holding the lock: no one can take the file meanwhile
+            except OSError:
+                pass
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 

@@ -102,9 +102,9 @@ def onednn_enabled():
     if "tensorflow" not in sys.modules:
         return None
     try:
-        from tensorflow.python.util import _pywrap_util_port
+        from upanets_keras import compat
 
-        return bool(_pywrap_util_port.IsMklEnabled())
+        return compat.onednn_enabled()
     except Exception:  # noqa: BLE001 - a private module that may move between releases
         return None
 

@@ -1,29 +1,16 @@
-"""Data-parallel training with tf.distribute: strategies, `TF_CONFIG`, batch and learning-rate rules.
-
-`--strategy` picks one of:
-
-* `one`: TensorFlow's default strategy (one device, no replicas).
-* `mirrored`: `MirroredStrategy`, one replica per local GPU (or per logical CPU
-  device when there is no GPU).
-* `multiworker`: `MultiWorkerMirroredStrategy` over the machines listed in the
-  standard `TF_CONFIG` environment variable.
-* `auto`: `mirrored` when more than one GPU is visible, otherwise `one`.
-"""
+"""The machines of a multi-worker run: `TF_CONFIG` checked, and every peer reached before TensorFlow waits on it."""
 
 import faulthandler
-import hashlib
 import json
 import os
 import socket
 import threading
 import time
 
-import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
-BATCH_MODES = ("global", "per-replica")
-LR_SCALINGS = ("linear", "none")
+from upanets_keras import compat
+
 PEER_TIMEOUT_ENV = "UPANETS_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 45.0
 TF_CONFIG_EXAMPLE = (
@@ -234,7 +221,8 @@ def wait_for_peers(cluster, timeout):
         )
 
 
-def _multiworker_strategy(timeout):
+def multiworker_strategy(timeout):
+    """`MultiWorkerMirroredStrategy` over the `TF_CONFIG` cluster, once every peer answers."""
     cluster = parse_tf_config()
     wait_for_peers(cluster, timeout)
     # Last resort against a hang TensorFlow cannot be interrupted in (e.g. a peer
@@ -246,188 +234,5 @@ def _multiworker_strategy(timeout):
         raise DistributeError(f"cannot start the multi-worker cluster: {str(e).splitlines()[0]}") from None
     finally:
         faulthandler.cancel_dump_traceback_later()
-    extended = strategy.extended
-    extended._check_health_interval = HEALTH_CHECK_INTERVAL
-    extended._check_health_timeout = HEALTH_CHECK_TIMEOUT
+    compat.set_peer_health_checks(strategy, HEALTH_CHECK_INTERVAL, HEALTH_CHECK_TIMEOUT)
     return strategy
-
-
-def local_devices():
-    """The logical GPUs, or the logical CPUs when there is no GPU."""
-    return tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-
-
-def make_strategy(name="auto"):
-    """The `tf.distribute.Strategy` for `--strategy NAME`.
-
-    Args:
-        name: `auto`, `one`, `mirrored` or `multiworker` (reads `TF_CONFIG`).
-
-    Returns:
-        A strategy; create it before any other TensorFlow work (multi-worker
-        collectives must be configured at start-up).
-
-    Raises:
-        DistributeError: unknown name, bad `TF_CONFIG`, unreachable peers.
-
-    Example:
-    >>> make_strategy("one").num_replicas_in_sync
-    1
-    """
-    if name not in STRATEGIES:
-        raise DistributeError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    if name == "auto":
-        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one"
-    if name == "one":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = [d.name for d in local_devices()]
-        cross_device_ops = None if tf.config.list_logical_devices("GPU") else tf.distribute.ReductionToOneDevice()
-        return tf.distribute.MirroredStrategy(devices, cross_device_ops=cross_device_ops)
-    return _multiworker_strategy(peer_timeout())
-
-
-def describe(strategy):
-    """Name, replicas, workers, this worker's rank and whether it is the chief.
-
-    Example:
-    >>> describe(tf.distribute.get_strategy())["replicas"]
-    1
-    """
-    resolver = getattr(strategy, "cluster_resolver", None)
-    workers, rank = 1, 0
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        spec = resolver.cluster_spec()
-        workers = sum(spec.num_tasks(job) for job in spec.jobs)
-        rank = parse_tf_config().rank
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        kind = "multiworker"
-    else:
-        kind = "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "one"
-    return {
-        "strategy": kind,
-        "replicas": int(strategy.num_replicas_in_sync),
-        "workers": workers,
-        "rank": rank,
-        "chief": bool(strategy.extended.should_checkpoint),
-    }
-
-
-def global_batch_size(batch_size, batch_mode, replicas):
-    """The images per optimizer step across all replicas.
-
-    Args:
-        batch_size: `--batch-size`.
-        batch_mode: `global` (`batch_size` is split over the replicas; it must
-            divide evenly) or `per-replica` (each replica takes `batch_size`).
-        replicas: replicas in sync.
-
-    Example:
-    >>> global_batch_size(64, "per-replica", 4)
-    256
-    """
-    if batch_mode not in BATCH_MODES:
-        raise DistributeError(f"unknown batch mode {batch_mode!r}; choose one of {', '.join(BATCH_MODES)}")
-    if batch_mode == "per-replica":
-        return batch_size * replicas
-    if batch_size % replicas:
-        lower = batch_size - batch_size % replicas
-        raise DistributeError(
-            f"--batch-size {batch_size} (global) is not divisible by the {replicas} replicas; use a multiple "
-            f"of {replicas} (e.g. {lower or replicas} or {lower + replicas}) or --batch-mode per-replica"
-        )
-    return batch_size
-
-
-def scaled_learning_rate(lr, lr_scaling, global_batch, batch_size):
-    """`lr` scaled linearly with the global batch relative to `--batch-size`.
-
-    With `--batch-mode global` the factor is 1 (the run is the single-device
-    run); with `per-replica` it is the number of replicas (Goyal et al., 2017).
-
-    Example:
-    >>> scaled_learning_rate(0.1, "linear", 400, 100)
-    0.4
-    """
-    if lr_scaling not in LR_SCALINGS:
-        raise DistributeError(f"unknown lr scaling {lr_scaling!r}; choose one of {', '.join(LR_SCALINGS)}")
-    return lr * global_batch / batch_size if lr_scaling == "linear" else lr
-
-
-def synchronize_batch_norm(model):
-    """Batch statistics over the global batch (an all-reduce per BatchNorm layer).
-
-    Without it each replica normalises with its own slice's statistics and
-    updates its own copy of the moving averages, which then drift apart.
-    """
-    import keras
-
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = True
-
-
-def _replica_values(variable):
-    value = getattr(variable, "value", variable)
-    return getattr(value, "values", (value,))
-
-
-def replica_spread(model):
-    """Largest absolute difference between the replicas' copies of any model weight (0.0 in sync)."""
-    spread = 0.0
-    for variable in model.weights:
-        copies = [np.asarray(v) for v in _replica_values(variable)]
-        for copy in copies[1:]:
-            spread = max(spread, float(np.max(np.abs(copy - copies[0]), initial=0.0)))
-    return spread
-
-
-def weights_digest(model):
-    """SHA-256 of every model weight (as stored on this worker), to compare workers."""
-    digest = hashlib.sha256()
-    for variable in model.weights:
-        digest.update(np.ascontiguousarray(np.asarray(_replica_values(variable)[0])).tobytes())
-    return digest.hexdigest()
-
-
-def gather_from_workers(strategy, values):
-    """Every worker's list of ints, in rank order (a collective: all workers must call it).
-
-    Example:
-    >>> gather_from_workers(tf.distribute.get_strategy(), [3, 4])
-    [[3, 4]]
-    """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return [list(values)]
-    local = tf.constant([values], tf.int64)
-    rows = strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy().tolist()
-    per_worker = strategy.num_replicas_in_sync // describe(strategy)["workers"]
-    return rows[::per_worker]
-
-
-def patch_keras_multiworker_logs():
-    """Work around Keras 3.15 averaging scalar step logs with `axis=0` under MultiWorkerMirroredStrategy.
-
-    `reduce_per_replica` calls `strategy.reduce("MEAN", v, axis=0)`, which
-    fails on the scalar loss and metrics ("Invalid reduction dimension 0 for
-    input with 0 dimensions"); scalars are averaged over replicas instead,
-    as MirroredStrategy does.
-    """
-    from keras.src.backend.tensorflow import trainer
-
-    original = trainer.reduce_per_replica
-    if getattr(original, "patched_by_upanets", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            def reduce(value):
-                if value.shape.rank == 0:
-                    return strategy.reduce("MEAN", value, axis=None)
-                return original(value, strategy, reduction)
-
-            return tf.nest.map_structure(reduce, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.patched_by_upanets = True
-    trainer.reduce_per_replica = reduce_per_replica

@@ -1,0 +1,163 @@
+"""What every command shares: TensorFlow loaded quietly and late, one-line errors, common option types."""
+
+import functools
+import importlib.util
+import math
+import os
+import re
+import sys
+import tempfile
+
+import click
+
+
+def _load_runtime():
+    """`upanets_keras.runtime` (oneDNN settings), loaded before anything imports TensorFlow.
+
+    Loaded from its file because importing the package would import Keras and
+    TensorFlow, and `--help` must stay instant; registered under its own name,
+    so the package uses this same module later.
+    """
+    name = "upanets_keras.runtime"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("upanets_keras")
+    path = os.path.join(os.path.dirname(spec.origin), "runtime.py")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+runtime = _load_runtime()
+
+NORMALIZATIONS = {
+    "none": None,
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+VERBOSE_ENV = "UPANETS_VERBOSE"
+# TensorFlow's C++ start-up lines, printed before its logging is configured
+# (so TF_CPP_MIN_LOG_LEVEL cannot hide them): absl's notice, CUDA probing, oneDNN's notice.
+STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:. ]+\d+ (port|cudart_stub|cuda_\w+|gpu_\w+)\.cc:\d+\] .*)$"
+)
+
+
+def verbose_requested():
+    """`--verbose`, UPANETS_VERBOSE=1 or the user's own TF_CPP_MIN_LOG_LEVEL: show TensorFlow's own output."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or "TF_CPP_MIN_LOG_LEVEL" in os.environ
+
+
+def quiet_tensorflow():
+    """Import TensorFlow with its C++ start-up noise hidden; anything else it prints still shows."""
+    if "tensorflow" in sys.modules or verbose_requested():
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            for line in lines:
+                if line.strip() and not STARTUP_NOISE.match(line):
+                    click.echo(line, err=True)
+
+
+def user_errors(func):
+    """Turn the library's user-facing errors into one-line CLI errors (exit 1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            quiet_tensorflow()
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, OSError) as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise click.ClickException(message) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def check_output_path(path, overwrite):
+    """Refuse to replace an existing file unless asked; make its folder."""
+    if os.path.exists(path) and not overwrite:
+        raise click.ClickException(f"{path} already exists; pass --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot create output folder {folder}: {e.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise click.ClickException(f"output folder {folder} is not writable; choose another -o")
+
+
+class FiniteFloatRange(click.FloatRange):
+    """`click.FloatRange` that also refuses nan and inf (which pass its comparisons)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+# Kept literal (not imported from the library) so that `--help` does not load TensorFlow;
+# tests/test_cli.py checks they match the library's.
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "digits", "imagenet_resized")
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+VARIANT_NAMES = ("upanets16", "upanets32", "upanets64")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CACHE_MODES = ("auto", "memory", "disk")
+MODEL_HELP = "a .keras model, or an exported .tflite / .onnx file or SavedModel folder"
+
+
+def cache_options(command):
+    """`--cache` and `--cache-dir`: where decoded images live (see upanets_keras.data.cache)."""
+    command = click.option(
+        "--cache-dir", type=click.Path(file_okay=False),
+        help="Where disk caches live [default: $UPANETS_CACHE_DIR, else ~/.cache/upanets-keras].")(command)
+    return click.option(
+        "--cache", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
+        help="Decoded images in memory, or in a memory-mapped file per split on disk (decoded once, reused by "
+             "later runs; for datasets bigger than memory). auto: memory while they fit a quarter of the RAM.",
+    )(command)
+
+
+def load_config_file(ctx, param, value):
+    """`--config FILE`: YAML or JSON defaults for any option (command-line values win)."""
+    if not value:
+        return value
+    import yaml
+
+    try:
+        with open(value) as f:
+            loaded = yaml.safe_load(f)  # YAML is a superset of JSON
+    except (OSError, yaml.YAMLError) as e:
+        raise click.BadParameter(f"cannot read {value}: {str(e).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in loaded.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known or name == "config":
+            raise click.BadParameter(f"{value}: unknown option '{key}'")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value

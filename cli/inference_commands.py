@@ -1,0 +1,151 @@
+"""Commands that run a trained model: `evaluate` on a dataset split and `predict` on image files."""
+
+import os
+
+import click
+
+from upanets_keras_cli.common import (
+    DATASETS, MODEL_HELP, FiniteFloatRange, cache_options, check_output_path, user_errors,
+)
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
+@click.option("--dataset", type=click.Choice(DATASETS), required=True)
+@click.option("--data-dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
+@click.option("--seed", default=0, show_default=True, type=int, help="As in training, to rebuild the same validation split.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
+@cache_options
+@user_errors
+def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, as_json, cache, cache_dir):
+    """Score a model on a dataset split: a .keras file or an exported artifact.
+
+    MODEL is a .keras model, or what `export` wrote (.tflite, .onnx or a
+    SavedModel folder), run by its own runtime, so the accuracy of what will
+    be deployed (int8 included) is measured. Prints top-1, top-5, loss and
+    per-class accuracy. The model's own preprocessing is used.
+
+    Example: upanets-keras evaluate runs/digits-upanets8/best.keras --dataset digits
+    """
+    import json
+
+    from upanets_keras import data as data_lib
+    from upanets_keras.artifacts import load_artifact
+    from upanets_keras.evaluation import evaluate_arrays, plot_confusion_matrix
+
+    model = load_artifact(model_path)
+    if model.format == "keras" and "preprocess" not in {layer.name for layer in model.model.layers}:
+        click.echo("warning: the model has no built-in normalisation; it is fed raw 0-255 pixels", err=True)
+    names = model.class_names
+    splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=model.input_size, val_split=val_split,
+                                  seed=seed, cache=cache, cache_dir=cache_dir)
+    if splits.info.num_classes != len(names):
+        raise click.ClickException(
+            f"the model predicts {len(names)} classes but {dataset} has {splits.info.num_classes}; "
+            "evaluate it on the dataset it was trained for"
+        )
+    x, y = getattr(splits, split)
+    result = evaluate_arrays(model, x, y, batch_size)
+    result = {"model": model_path, "format": model.format, "dataset": dataset, "split": split, **result}
+    if plot:
+        plot_confusion_matrix(result["confusion_matrix"], names, plot)
+    if as_json:
+        result["class_names"] = names
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{dataset} {split}: {result['num_images']} images")
+    click.echo(f"top-1 accuracy {result['accuracy']:.4f}  top-5 accuracy {result['top5_accuracy']:.4f}  loss {result['loss']:.4f}")
+    click.echo("per-class accuracy:")
+    for name, acc in zip(names, result["per_class_accuracy"]):
+        click.echo(f"  {name:<20} {'n/a' if acc is None else f'{acc:.4f}'}")
+    if plot:
+        click.echo(f"confusion matrix written to {plot}")
+
+
+PREDICT_CHUNK = 1024  # images decoded and classified at a time, so folders of any size fit in memory
+
+
+def _write_predictions(rows, path, top_k):
+    """Write prediction rows as CSV or JSON (by extension), atomically."""
+    import csv
+    import json
+
+    tmp = f"{path}.partial"
+    with open(tmp, "w", newline="") as f:
+        if path.endswith(".json"):
+            json.dump(rows, f, indent=1)
+        else:
+            writer = csv.writer(f)
+            writer.writerow(["image"] + [f"{what}_{i + 1}" for i in range(top_k) for what in ("class", "probability")])
+            for row in rows:
+                writer.writerow([row["image"]] + [v for t in row["top"] for v in (t["class"], f"{t['probability']:.6f}")])
+    os.replace(tmp, path)
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-k", "--top-k", type=click.IntRange(min=1), help="Classes to list per image [default: 5, or all if fewer].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also write every image's result to this .csv or .json file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@user_errors
+def predict(model_path, images, top_k, as_json, output, overwrite):
+    """Classify images with a .keras model or an exported artifact.
+
+    IMAGES are image files or folders (read recursively; unreadable files in
+    a folder are reported and skipped). Images of any size and mode are
+    converted to RGB at the model's input size. --output writes path, top-k
+    classes and probabilities of every image as CSV or JSON.
+
+    Example: upanets-keras predict best.keras photos/ --output results.csv
+    """
+    import json
+
+    import numpy as np
+
+    from upanets_keras.artifacts import load_artifact
+    from upanets_keras.data import decode_image_files, list_image_files, load_image_files
+
+    if output and not output.endswith((".csv", ".json")):
+        raise click.BadParameter("must end in .csv or .json", param_hint="--output")
+    if output:
+        check_output_path(output, overwrite)
+    model = load_artifact(model_path)
+    names = model.class_names
+    if top_k is not None and top_k > len(names):
+        raise click.BadParameter(
+            f"{top_k} is more than the model's {len(names)} classes; use --top-k {len(names)} or fewer",
+            param_hint="-k/--top-k")
+    k = top_k or min(5, len(names))
+    files = [f for image in images for f in (list_image_files(image) if os.path.isdir(image) else [image])]
+    if not files:
+        raise click.ClickException(f"no image files in {', '.join(images)}: pass image files or folders of images")
+    explicit = {image for image in images if not os.path.isdir(image)}
+    rows = []
+    for start in range(0, len(files), PREDICT_CHUNK):
+        chunk = files[start:start + PREDICT_CHUNK]
+        if explicit.issuperset(chunk):
+            x, ok = load_image_files(chunk, model.input_size), np.ones(len(chunk), bool)
+        else:
+            x, ok = decode_image_files(chunk, model.input_size)
+        if not len(x):
+            continue
+        logits = np.asarray(model.predict(x.astype("float32"), batch_size=100), dtype="float64")
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        for path, p in zip([f for f, good in zip(chunk, ok) if good], probs):
+            order = np.argsort(-p)[:k]
+            top = [{"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]
+            rows.append({"image": path, "top": top})
+            if as_json:
+                click.echo(json.dumps({"image": path, "top": top}))
+            else:
+                click.echo(path + ": " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+    if output:
+        _write_predictions(rows, output, k)
+        click.echo(f"{len(rows)} results written to {output}", err=True)

@@ -1,0 +1,178 @@
+"""Commands about models themselves: `models`, `convert`, `export` and `benchmark`."""
+
+import os
+
+import click
+
+from upanets_keras_cli.common import (
+    DATASETS, NORMALIZATIONS, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, user_errors,
+)
+
+
+@click.command()
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
+@click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8))
+@user_errors
+def models(num_classes, image_size):
+    """List the named variants with their trainable parameter counts."""
+    import upanets_keras
+
+    click.echo(f"{'variant':<12}{'filters':>8}{'blocks':>8}{'parameters':>14}")
+    for name in upanets_keras.list_models():
+        model = upanets_keras.create_model(
+            name, num_classes=num_classes, input_shape=(image_size, image_size, 3)
+        )
+        config = upanets_keras.variants.variant_config(name)
+        count = upanets_keras.count_parameters(model)
+        click.echo(f"{name:<12}{config['filters']:>8}{config['blocks']:>8}{count:>14,}")
+    click.echo(f"(for {num_classes} classes, {image_size}x{image_size} RGB input)")
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
+@click.option("--filters", type=click.IntRange(min=1), help="Base width f [default: read from the checkpoint].")
+@click.option("--blocks", type=click.IntRange(min=1), help="Blocks b [default: read from the checkpoint].")
+@click.option("--num-classes", type=click.IntRange(min=2), help="Classes [default: read from the checkpoint].")
+@click.option("--image-size", type=click.IntRange(min=8), help="Input side S [default: read from the checkpoint].")
+@click.option(
+    "--normalization",
+    type=click.Choice(sorted(NORMALIZATIONS)),
+    default="none",
+    show_default=True,
+    help="Build the reference's input normalisation into the model, which then takes 0-255 pixels "
+    "(cifar: the reference's CIFAR mean/std; imagenet: Tiny ImageNet's).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@user_errors
+def convert(checkpoint, output, filters, blocks, num_classes, image_size, normalization, overwrite):
+    """Convert a PyTorch reference checkpoint (.pth or .npz) to a .keras model.
+
+    CHECKPOINT is the reference training script's checkpoint/ckpt.pth
+    ({'net': state_dict, ...}, reading it needs the torch extra) or a .npz of
+    the state dict. Every weight and BatchNorm statistic is converted.
+
+    Example: upanets-keras convert ckpt.pth --filters 16 --num-classes 10 -o upanets16.keras
+    """
+    if not output.endswith(".keras"):
+        raise click.BadParameter("the output file must end in .keras", param_hint="-o/--output")
+    check_output_path(output, overwrite)
+    from upanets_keras import build_upanets, count_parameters
+    from upanets_keras.saving import save_model_atomically
+    from upanets_keras.weights import infer_config, load_reference_weights, read_state_dict
+
+    state = read_state_dict(checkpoint)
+    guessed = infer_config(state)
+    given = (filters, blocks, num_classes, image_size)
+    f, b, c, s = (g if g is not None else d for g, d in zip(given, guessed))
+    stats = NORMALIZATIONS[normalization]
+    model = build_upanets(
+        filters=f,
+        blocks=b,
+        num_classes=c,
+        input_shape=(s, s, 3),
+        pixel_mean=stats[0] if stats else None,
+        pixel_std=stats[1] if stats else None,
+    )
+    load_reference_weights(model, state)
+    save_model_atomically(model, output)
+    click.echo(
+        f"Wrote {output}: UPANets filters={f} blocks={b} classes={c} input={s}x{s}, "
+        f"{count_parameters(model):,} parameters"
+    )
+
+
+@click.command(name="export")
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The artifact: a folder for saved_model, a .tflite file for litert, a .onnx file for onnx.")
+@click.option("--format", "format_", required=True, type=click.Choice(["saved_model", "litert", "onnx"]))
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="LiteRT only. float16: float16 weights; int8: full-integer, calibrated on --dataset.")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Calibration images for --quantize int8 (its training split).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder of --dataset, as for train.")
+@click.option("--calibration-images", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Training images used to calibrate int8.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact.")
+@cache_options
+@user_errors
+def export_command(model_path, output, format_, quantize, dataset, data_dir, calibration_images, overwrite, cache,
+                   cache_dir):
+    """Export a .keras model for serving and check it computes the same function.
+
+    Writes a SavedModel (TF Serving's serving_default signature), a LiteRT
+    .tflite (float32, float16 or int8) or an ONNX file. Every artifact takes
+    raw 0-255 float32 NHWC pixels (any batch) and returns float32 logits; the
+    class names go beside it (OUT.labels.txt, or assets/labels.txt inside a
+    SavedModel). The artifact is then run by its own runtime in a fresh
+    process and compared with the .keras model; a float32 artifact that
+    differs by more than 1e-4 (relative) is refused and nothing is written.
+
+    Example: upanets-keras export best.keras -o best.tflite --format litert --quantize int8 --dataset digits
+    """
+    from upanets_keras.export import check_request, export_model
+
+    calibration = None
+    if quantize == "int8" and dataset is None:
+        raise click.UsageError("--quantize int8 needs calibration images: add --dataset (and --data-dir)")
+    check_request(output, format_, quantize, calibration=() if quantize == "int8" else None)
+    if os.path.lexists(output) and not overwrite:
+        raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
+    import numpy as np
+
+    import upanets_keras
+    from upanets_keras import data as data_lib
+
+    model = upanets_keras.load_model(model_path)
+    check = None
+    if dataset:
+        splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=model.input_shape[1], cache=cache,
+                                      cache_dir=cache_dir)
+        x_train = splits.train[0]
+        pick = np.random.default_rng(0).permutation(len(x_train))[:calibration_images]
+        calibration = x_train[np.sort(pick)].astype("float32") if quantize == "int8" else None
+        check = splits.test[0][:64].astype("float32")
+    click.echo(f"exporting {model_path} as {format_}{' (' + quantize + ')' if quantize else ''}...", err=True)
+    report = export_model(model, output, format_, quantize=quantize, calibration=calibration, check_images=check,
+                          overwrite=overwrite)
+    size = report["bytes"]
+    click.echo(
+        f"Wrote {output} ({size / 1e6:.2f} MB): largest logit difference from the .keras model "
+        f"{report['max_abs_diff']:.2e} ({report['max_rel_diff']:.2e} relative), top-1 agreement "
+        f"{report['top1_agreement']:.4f} on {len(check) if check is not None else 16} images"
+    )
+
+
+@click.command()
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), help="A named variant (overrides --filters/--blocks).")
+@click.option("--filters", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--blocks", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8))
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
+@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed repetitions of each measurement (the median is reported).")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls first (tracing, compilation).")
+@click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory", show_default=True,
+              help="Where the input pipeline reads its images from: an array in memory, or a disk cache "
+                   "(written to a temporary folder under --cache-dir) as `train --cache disk` reads them.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the disk cache is written [default: the system's temporary folder].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
+@user_errors
+def benchmark(as_json, **options):
+    """Measure training, inference and input-pipeline throughput (images/s).
+
+    Synthetic data; the model, optimizer step and augmenting pipeline are
+    the ones `train` uses (with --cache disk, reading a disk cache). Prints
+    the median of repeated timings with the device, versions and thread
+    settings: plain figures, no pass/fail.
+
+    Example: upanets-keras benchmark --variant upanets16 --steps 20
+    """
+    import json
+
+    from upanets_keras.benchmark import format_report, run_benchmark
+
+    figures = run_benchmark(**options)
+    click.echo(json.dumps(figures, indent=2) if as_json else format_report(figures))

@@ -1,0 +1,151 @@
+"""`train` and `tune`: the paper's recipe, and the keras-tuner search of width and depth."""
+
+import os
+
+import click
+
+from upanets_keras_cli.common import (
+    DATASETS, PRECISIONS, STRATEGIES, VARIANT_NAMES, FiniteFloatRange, cache_options, load_config_file, user_errors,
+)
+
+
+@click.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_config_file,
+              is_eager=True, expose_value=False, help="YAML/JSON file of defaults for any option below.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder (tfds data dir, CIFAR archives, tiny-imagenet-200/, or an image folder).")
+@click.option("--variant", type=click.Choice(VARIANT_NAMES), help="A named variant (overrides --filters/--blocks).")
+@click.option("--filters", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--blocks", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--image-size", type=click.IntRange(min=8), help="Resize images to this side [default: the dataset's].")
+@click.option("--epochs", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1), help="The global batch, split evenly over the replicas (see --batch-mode).")
+@click.option("--lr", default=0.1, show_default=True, type=FiniteFloatRange(min=0, min_open=True), help="Peak learning rate for a batch of --batch-size, cosine-annealed to 0 (see --lr-scaling).")
+@click.option("--momentum", default=0.9, show_default=True, type=FiniteFloatRange(0, 1))
+@click.option("--weight-decay", default=5e-4, show_default=True, type=FiniteFloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
+@click.option("--warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--label-smoothing", default=0.0, show_default=True, type=FiniteFloatRange(0, 1, max_open=True))
+@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
+@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-upanetsF].")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
+              help="tf.distribute strategy. auto: mirrored when more than one GPU is visible, else one device; "
+              "multiworker: MultiWorkerMirroredStrategy over the machines in the TF_CONFIG environment variable.")
+@click.option("--batch-mode", type=click.Choice(["global", "per-replica"]), default="global", show_default=True,
+              help="global: --batch-size is the whole step's batch (must divide by the replicas); "
+              "per-replica: each replica takes --batch-size, the global batch is that times the replicas.")
+@click.option("--lr-scaling", type=click.Choice(["linear", "none"]), default="linear", show_default=True,
+              help="linear: lr x global batch / --batch-size (x replicas in per-replica mode, x1 in global mode); "
+              "none: --lr as given.")
+@click.option("--sync-batchnorm/--no-sync-batchnorm", default=True, show_default=True,
+              help="With several replicas, BatchNorm statistics over the global batch (as on one device).")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
+@cache_options
+@user_errors
+def train(overwrite, **options):
+    """Train UPANets with the paper's recipe; resumable.
+
+    Defaults are the paper's: batch 100, SGD lr 0.1, momentum 0.9, weight
+    decay 5e-4 coupled into the gradient, cosine annealing to 0, pad-and-crop
+    and flip augmentation. The run directory gets config.json, best.keras,
+    last.keras, history.csv, history.png, TensorBoard logs and metrics.json.
+    Killing a run and re-running the same command resumes it.
+
+    Several GPUs or machines: --strategy mirrored (or auto) on one machine;
+    --strategy multiworker with TF_CONFIG set, the same command on every
+    machine (only the chief writes the run directory). See the README.
+
+    Example: upanets-keras train --dataset digits --filters 8 --epochs 8
+    """
+    from upanets_keras.training import TrainConfig, train as run_training
+
+    if not options["output_dir"]:
+        options["output_dir"] = os.path.join("runs", f"{options['dataset']}-{options['variant'] or 'upanets%d' % options['filters']}")
+    metrics = run_training(TrainConfig(**options), overwrite=overwrite, echo=click.echo)
+    if not metrics.get("chief", True):
+        click.echo(f"worker {metrics['rank']} done; the chief writes the results in {options['output_dir']}")
+        return
+    click.echo(
+        f"test accuracy {metrics['test_accuracy']:.4f}  top-5 {metrics['test_top5_accuracy']:.4f}  "
+        f"loss {metrics['test_loss']:.4f}  (best epoch {metrics['best_epoch']}, "
+        f"val {metrics['best_val_accuracy']:.4f}); results in {options['output_dir']}"
+    )
+
+
+def parse_parameter_budget(ctx, param, value):
+    """`--max-params`: an integer, or with a k/M suffix (`500k`, `1.5M`)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(",", "").replace("_", "")
+    scale = {"k": 1e3, "m": 1e6}.get(text[-1:], 1)
+    try:
+        budget = float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise click.BadParameter(f"expected a parameter count such as 1500000, 500k or 1.5M; got {value!r}") from None
+    if budget < 1:
+        raise click.BadParameter(f"must be at least 1; got {value!r}")
+    return int(budget)
+
+
+SPACE_HELP = "choices a,b,c or a range MIN:MAX"
+
+
+@click.command()
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_config_file,
+              is_eager=True, expose_value=False, help="YAML/JSON file of option defaults.")
+@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder, as for train.")
+@click.option("--image-size", type=click.IntRange(min=8), help="Resize images to this side [default: the dataset's].")
+@click.option("--tuner", type=click.Choice(["random", "bayesian", "hyperband"]), default="random", show_default=True)
+@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to run in all (over every worker).")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Epochs per trial (hyperband: the most per trial).")
+@click.option("--objective", type=click.Choice(["val_accuracy", "efficiency"]), default="val_accuracy", show_default=True,
+              help="efficiency: validation accuracy per million parameters (the paper's Acc/Params).")
+@click.option("--max-params", callback=parse_parameter_budget, help="Reject configurations over this many parameters before training (e.g. 2M, 500k).")
+@click.option("--filters", help=f"Base widths to try, {SPACE_HELP.split(' or ')[0]}; each a multiple of 4*blocks [default: 8,16,24,32].")
+@click.option("--blocks", help="Blocks b to try, choices a,b,c [default: 1,2].")
+@click.option("--learning-rate", help=f"Search the peak learning rate: {SPACE_HELP} (log scale) [default: 0.1, not searched].")
+@click.option("--weight-decay", help=f"Search the weight decay: {SPACE_HELP} (log scale) [default: 5e-4, not searched].")
+@click.option("--label-smoothing", help=f"Search label smoothing: {SPACE_HELP} [default: 0, not searched].")
+@click.option("--search-space", type=click.Path(exists=True, dir_okay=False),
+              help="YAML/JSON file mapping hyperparameters to choices, {min, max, sampling} or a value; the options above win.")
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--final-epochs", type=click.IntRange(min=0), help="Epochs to retrain the best configuration on train+validation; 0 skips [default: --epochs].")
+@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--directory", default=os.path.join("runs", "tune"), show_default=True, type=click.Path(file_okay=False), help="Folder of tuning projects (shared by all machines of a distributed search).")
+@click.option("--project-name", help="Project folder inside --directory [default: the dataset name].")
+@click.option("--overwrite", is_flag=True, help="Start the search over, deleting the project's trials.")
+@click.option("--connect-timeout", default=30.0, show_default=True, type=FiniteFloatRange(min=1), help="Seconds a worker waits for the chief before giving up.")
+@click.option("--strategy", type=click.Choice(["auto", "one", "mirrored"]), default="auto", show_default=True,
+              help="tf.distribute strategy of each trial. auto: mirrored when more than one GPU is visible; "
+                   "--batch-size is then the global batch, split over the GPUs.")
+@cache_options
+@user_errors
+def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothing, search_space, **options):
+    """Search width and depth (and optionally the recipe) with keras-tuner.
+
+    Prints one line per finished trial, then a table of all trials (also
+    trials.csv and trials.json in the project folder), then retrains the best
+    configuration on train+validation and saves best.keras with its test
+    metrics.json. Re-running the same command resumes an interrupted search.
+    Distributed: run the same command on every machine with
+    KERASTUNER_TUNER_ID (chief, tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and
+    KERASTUNER_ORACLE_PORT set, and a shared --directory.
+
+    Example: upanets-keras tune --dataset digits --max-trials 8 --epochs 5
+    """
+    from upanets_keras.search_space import load_search_space, parse_option
+    from upanets_keras.tuning import TuneConfig, tune as run_search
+
+    space = load_search_space(search_space) if search_space else {}
+    given = {"filters": filters, "blocks": blocks, "learning_rate": learning_rate,
+             "weight_decay": weight_decay, "label_smoothing": label_smoothing}
+    for name, text in given.items():
+        if text is not None:
+            space[name] = parse_option(name, text)
+    run_search(TuneConfig(search_space=space, **options), overwrite=overwrite, echo=click.echo)

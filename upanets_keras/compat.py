@@ -1,0 +1,228 @@
+"""Every private TensorFlow, Keras and keras-tuner name this project relies on, in one place.
+
+Each entry says why no public API does the job. Checked against TensorFlow
+2.21.0, Keras 3.15.1 and keras-tuner 1.4.8 (the versions `setup.cfg` allows
+may move them): `check()` looks every name up and `tests/test_compat.py`
+fails with the list of what disappeared, so an upgrade breaks in CI rather
+than in a user's run.
+"""
+
+import importlib
+
+import tensorflow as tf
+
+TESTED_WITH = {"tensorflow": "2.21.0", "keras": "3.15.1", "keras_tuner": "1.4.8"}
+
+
+# --- TensorFlow itself ----------------------------------------------------------------------------
+
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels, as TensorFlow itself decided.
+
+    Why private: TensorFlow exposes this decision (`IsMklEnabled`, its
+    `DefaultOneDnnPolicy` applied to `TF_ENABLE_ONEDNN_OPTS` and the CPU) only
+    in `tensorflow.python.util._pywrap_util_port`; reading the variable would
+    not tell what the CPU made of it.
+    """
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def freeze_variables(concrete_function):
+    """The function with its variables folded into constants (an inference-only graph for the converters).
+
+    Why private: `convert_variables_to_constants_v2` is how TensorFlow's own
+    TFLite converter freezes graphs, and is not exported under `tf.`.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(concrete_function)
+
+
+# --- Keras ---------------------------------------------------------------------------------------
+
+def all_sublayers(model):
+    """Every layer inside `model`, nested ones included (the BatchNorms inside the attention layers).
+
+    Why private: `Model.layers` lists only the top level; Keras walks the
+    whole tree with `_flatten_layers`, which has no public counterpart.
+    """
+    return list(model._flatten_layers(include_self=False))
+
+
+def variable_index(optimizer, variable):
+    """Which of an optimizer's per-variable slots (`add_optimizer_variables`) belongs to `variable`.
+
+    Why private: Keras' own optimizers look their slots up with
+    `Optimizer._get_variable_index` in `update_step`, and a subclass has no
+    public equivalent that also works for distributed (mirrored) variables.
+    """
+    return optimizer._get_variable_index(variable)
+
+
+# --- tf.distribute ------------------------------------------------------------------------------
+
+def all_reduce_in_replica(context, op, value):
+    """All-reduce `value` from a replica context without TensorFlow's own gradient wrapper.
+
+    Why private: `ReplicaContext.all_reduce` wraps its gradient in a second
+    custom gradient whose graph walk makes tracing quadratic in the graph
+    (minutes for this network under MirroredStrategy); the strategy's own
+    reduction, reached through `extended._use_merge_call` and
+    `extended._replica_ctx_all_reduce`, has no such wrapper.
+    """
+    extended = context.strategy.extended
+    if extended._use_merge_call():
+        return context.merge_call(lambda strategy, v: strategy.extended.reduce_to(op, v, v), args=(value,))
+    return extended._replica_ctx_all_reduce(op, [value], tf.distribute.experimental.CommunicationOptions())[0]
+
+
+def set_peer_health_checks(strategy, interval, timeout):
+    """How often a multi-worker strategy checks its peers, and how long a check may take.
+
+    Why private: `MultiWorkerMirroredStrategy` exposes no setting for its
+    health-check thread; its defaults (30 s, 10 s) let the survivor of a dead
+    worker wait over a minute.
+    """
+    strategy.extended._check_health_interval = interval
+    strategy.extended._check_health_timeout = timeout
+
+
+def stop_peer_health_checks(strategy):
+    """Stop the health-check thread, so peers that finish first may exit (no public way exists)."""
+    strategy.extended._stop_check_health_thread()
+
+
+def shard_by_data(dataset):
+    """Shard batches, not files, across workers (the pipelines read no files). Public API."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+# --- Keras under MultiWorkerMirroredStrategy -----------------------------------------------------
+
+def build_before_multiworker_fit(model, strategy, batch):
+    """Build the model's metrics and optimizer from one local batch, and make `fit` skip its own build.
+
+    Why private: Keras 3.15's `fit`/`evaluate` build by reducing the first
+    *distributed* batch across replicas, which fails under
+    MultiWorkerMirroredStrategy ("Attempt to convert a value (PerReplica...)
+    to a Tensor"); `_symbolic_build` is the only way to build from a plain
+    batch and `_maybe_symbolic_build` the hook `fit` calls.
+    """
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    patch_keras_multiworker_logs()
+
+
+def patch_keras_multiworker_logs():
+    """Average scalar step logs over replicas under MultiWorkerMirroredStrategy.
+
+    Why private: Keras 3.15's `reduce_per_replica` (in
+    `keras.src.backend.tensorflow.trainer`) calls
+    `strategy.reduce("MEAN", v, axis=0)`, which fails on the scalar loss and
+    metrics ("Invalid reduction dimension 0 for input with 0 dimensions");
+    scalars are averaged with `axis=None` instead, as MirroredStrategy does.
+    """
+    trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
+    original = trainer.reduce_per_replica
+    if getattr(original, "patched_by_upanets", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            def reduce(value):
+                if value.shape.rank == 0:
+                    return strategy.reduce("MEAN", value, axis=None)
+                return original(value, strategy, reduction)
+
+            return tf.nest.map_structure(reduce, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.patched_by_upanets = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+# --- keras-tuner ---------------------------------------------------------------------------------
+
+def keras_tuner_distribute():
+    """keras-tuner's chief/worker helpers (`has_chief_oracle`, `is_chief_oracle`): not exported publicly."""
+    return importlib.import_module("keras_tuner.src.distribute.utils")
+
+
+def save_best_epoch_callback(objective, path):
+    """keras-tuner's `SaveBestEpoch`: its trial checkpoint, which its tuners reload; not exported publicly."""
+    return importlib.import_module("keras_tuner.src.engine.tuner_utils").SaveBestEpoch(objective, path)
+
+
+def trial_files(tuner, trial_id):
+    """`(checkpoint, build config)` paths of a trial, where keras-tuner itself reads and writes them."""
+    return tuner._get_checkpoint_fname(trial_id), tuner._get_build_config_fname(trial_id)
+
+
+class ConstrainedSampling:
+    """Oracle mixin: random draws outside `self.valid(values)` are never proposed.
+
+    Why private: keras-tuner's oracles draw from the space in
+    `_random_values`, with no hook for a constraint between hyperparameters
+    (filters must be a multiple of 4 * blocks, a parameter budget); an
+    invalid draw is recorded in `_tried_so_far` (by `_compute_values_hash`)
+    so it is never drawn again, and `_max_collisions` is raised so a space
+    with many invalid pairs is still searched to the end.
+    """
+
+    valid = staticmethod(lambda values: True)
+
+    def _random_values(self):
+        self._max_collisions = max(self._max_collisions, 1000)
+        while True:
+            values = super()._random_values()
+            if values is None or self.valid(values):
+                return values
+            self._tried_so_far.add(self._compute_values_hash(values))
+
+
+# --- the check -----------------------------------------------------------------------------------
+
+def _lookups():
+    """`(name, present)` for every private name above."""
+    import keras
+    import keras_tuner
+    from tensorflow.python.distribute import collective_all_reduce_strategy, mirrored_strategy
+    from tensorflow.python.framework import convert_to_constants
+    from tensorflow.python.util import _pywrap_util_port
+
+    trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
+    kt_utils = keras_tuner_distribute()
+    kt_tuner_utils = importlib.import_module("keras_tuner.src.engine.tuner_utils")
+    mirrored = mirrored_strategy.MirroredExtended
+    collective = collective_all_reduce_strategy.CollectiveAllReduceExtended
+    oracle = keras_tuner.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=1)
+    attributes = [
+        (mirrored, "_use_merge_call"), (mirrored, "_replica_ctx_all_reduce"),
+        (collective, "_stop_check_health_thread"), (collective, "_check_health_interval"),
+        (collective, "_check_health_timeout"),
+        (keras.Model, "_symbolic_build"), (keras.Model, "_maybe_symbolic_build"),
+        (trainer, "reduce_per_replica"), (trainer, "_collective_all_reduce_multi_worker"),
+        (kt_utils, "has_chief_oracle"), (kt_utils, "is_chief_oracle"), (kt_tuner_utils, "SaveBestEpoch"),
+        (keras_tuner.Tuner, "_get_checkpoint_fname"), (keras_tuner.Tuner, "_get_build_config_fname"),
+        (oracle, "_random_values"), (oracle, "_compute_values_hash"), (oracle, "_tried_so_far"),
+        (oracle, "_max_collisions"), (_pywrap_util_port, "IsMklEnabled"),
+        (convert_to_constants, "convert_variables_to_constants_v2"),
+        (keras.optimizers.Optimizer, "_get_variable_index"), (keras.layers.Layer, "_flatten_layers"),
+    ]
+    return [(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}", hasattr(owner, name))
+            for owner, name in attributes]
+
+
+def check():
+    """The private names that no longer exist (an empty list when every one is there).
+
+    Example:
+    >>> check()  # doctest: +SKIP
+    []
+    """
+    return [name for name, present in _lookups() if not present]

@@ -1,0 +1,8 @@
+"""The one exception type of the data package."""
+
+
+class DataError(ValueError):
+    """A user-facing data problem; str() is one line saying what was wrong and what to do."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))

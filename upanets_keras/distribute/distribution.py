@@ -1,0 +1,209 @@
+"""Everything a training run does only because there are several replicas or workers, behind one door.
+
+`Distribution.start(config)` returns a `Distribution` whose every method is
+trivial on one device, or a `ReplicatedDistribution` that agrees on where to
+resume, reads only its replicas' part of each global batch, synchronises
+BatchNorm, and compares the workers' weights at the end.
+"""
+
+import os
+import re
+
+import keras
+import tensorflow as tf
+
+from upanets_keras import compat
+from upanets_keras.data import make_eval_dataset, make_train_dataset
+from upanets_keras.data.pipeline import one_hot
+from upanets_keras.distribute.cluster import DistributeError
+from upanets_keras.distribute.strategies import (
+    describe,
+    gather_from_workers,
+    global_batch_size,
+    is_multiworker,
+    make_strategy,
+    replica_spread,
+    scaled_learning_rate,
+    synchronize_batch_norm,
+    weights_digest,
+)
+
+_LOST_CONTACT = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+                 tf.errors.InternalError)
+
+
+class Distribution:
+    """One device: the run's batch and learning rate as given, and nothing else to do.
+
+    Args:
+        strategy: the `tf.distribute.Strategy`.
+        batch_size, batch_mode, lr, lr_scaling, sync_batchnorm: as in `TrainConfig`.
+    """
+
+    def __init__(self, strategy, batch_size, batch_mode="global", lr=0.1, lr_scaling="linear", sync_batchnorm=True):
+        role = describe(strategy)
+        self.strategy = strategy
+        self.name, self.replicas, self.workers = role["strategy"], role["replicas"], role["workers"]
+        self.rank, self.is_chief = role["rank"], role["chief"]
+        self.global_batch = global_batch_size(batch_size, batch_mode, self.replicas)
+        self.lr = scaled_learning_rate(lr, lr_scaling, self.global_batch, batch_size)
+        self.sync_batchnorm = bool(sync_batchnorm and self.replicas > 1)
+
+    @staticmethod
+    def start(config):
+        """The distribution of a `TrainConfig`; call it before any other TensorFlow work."""
+        strategy = make_strategy(config.strategy)
+        several = strategy.num_replicas_in_sync > 1 or is_multiworker(strategy)
+        return (ReplicatedDistribution if several else Distribution)(
+            strategy, config.batch_size, config.batch_mode, config.lr, config.lr_scaling, config.sync_batchnorm)
+
+    @property
+    def batch(self):
+        """The global batch and learning rate in use (what a resumed run must keep)."""
+        return {"global_batch_size": self.global_batch, "lr": self.lr}
+
+    def summary(self):
+        """Strategy, replicas, workers, rank and the rules in use (`config.json`, `metrics.json`)."""
+        return {"strategy": self.name, "replicas": self.replicas, "workers": self.workers, "rank": self.rank,
+                "chief": self.is_chief, **self.batch, "sync_batchnorm": self.sync_batchnorm}
+
+    def output_dir(self, output_dir):
+        """The folder this process writes."""
+        return output_dir
+
+    def echo(self, echo):
+        """Where this process's messages go."""
+        return echo
+
+    def description(self):
+        """A line saying how the run is spread, or None on one device."""
+        return None
+
+    def agree_on_start(self, refusal, run):
+        """Raise the chief's refusal, or return the epoch to resume after (from `run`'s backup)."""
+        if refusal is not None:
+            raise refusal
+        return run.backup_epoch()
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def prepare_model(self, model):
+        """Called inside `scope()` once the model is built."""
+
+    def train_dataset(self, x, y, info, seed, first_epoch):
+        """The one-hot training stream of global batches."""
+        return one_hot(make_train_dataset(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch),
+                       info.num_classes)
+
+    def eval_dataset(self, x, y, num_classes):
+        return one_hot(make_eval_dataset(x, y, self.global_batch), num_classes)
+
+    def before_fit(self, model, info):
+        """Called between compiling and `fit`."""
+
+    def fit_failure(self, error):
+        """What to raise instead of `error` from `fit`, or None to let it through."""
+        return None
+
+    def score(self, model, best_path, test, num_classes, compile_model):
+        """Loss and metrics of the weights saved in `best_path` on the `(x, y)` test split.
+
+        Args:
+            model: the trained model (compiled; its validation step already traced).
+            best_path: the best epoch's `.keras` file.
+            test: the test split.
+            num_classes: for the one-hot labels.
+            compile_model: compiles a freshly loaded model with the recipe.
+        """
+        model.load_weights(best_path)
+        return model.evaluate(self.eval_dataset(*test, num_classes), verbose=0, return_dict=True)
+
+    def finish(self, model, echo):
+        """End-of-run checks; their results for `metrics.json` ({} on one device)."""
+        return {}
+
+
+class ReplicatedDistribution(Distribution):
+    """Several replicas (MirroredStrategy) or workers (MultiWorkerMirroredStrategy)."""
+
+    def output_dir(self, output_dir):
+        # Only the chief writes the run directory; every other worker keeps only its own backup.
+        return output_dir if self.is_chief else os.path.join(output_dir, f"worker-{self.rank}")
+
+    def echo(self, echo):
+        return echo if self.is_chief else (lambda message: echo(f"[worker {self.rank}] {message}"))
+
+    def description(self):
+        return (f"{self.name}: {self.replicas} replicas on {self.workers} worker(s), global batch "
+                f"{self.global_batch} ({self.global_batch // self.replicas} per replica), lr {self.lr:g}"
+                + (", synchronized BatchNorm" if self.sync_batchnorm else ""))
+
+    def agree_on_start(self, refusal, run):
+        """Every worker learns whether the chief refused; all resume after the oldest worker's backup."""
+        states = gather_from_workers(
+            self.strategy, [int(refusal is not None), run.backup_epoch(), run.backup_epoch(previous=True)])
+        if refusal is not None:
+            raise refusal
+        if any(refused for refused, _, _ in states):
+            raise DistributeError("the chief refused to start this run (its output says why)")
+        first = min(current for _, current, _ in states)
+        if not run.roll_back_to(first):
+            raise DistributeError(
+                f"the workers' backups are at epochs {sorted({c for _, c, _ in states})} and cannot be reconciled; "
+                "pass --overwrite to start over")
+        return first
+
+    def prepare_model(self, model):
+        if self.sync_batchnorm:
+            synchronize_batch_norm(model)
+
+    def _local_dataset(self, x, y, info, seed, first_epoch, pipeline=0, pipelines=1):
+        local = self.replicas // pipelines
+        shards = range(pipeline * local, (pipeline + 1) * local)
+        ds = make_train_dataset(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, shards=shards,
+                                num_shards=self.replicas)
+        return one_hot(ds, info.num_classes)
+
+    def train_dataset(self, x, y, info, seed, first_epoch):
+        """Each worker reads and augments only its replicas' slices of every global batch."""
+        return self.strategy.distribute_datasets_from_function(
+            lambda context: self._local_dataset(x, y, info, seed, first_epoch, context.input_pipeline_id,
+                                                context.num_input_pipelines))
+
+    def eval_dataset(self, x, y, num_classes):
+        return compat.shard_by_data(super().eval_dataset(x, y, num_classes))
+
+    def before_fit(self, model, info):
+        if is_multiworker(self.strategy):
+            part, size = self.global_batch // self.replicas, info.image_size
+            batch = (tf.zeros([part, size, size, 3]), tf.one_hot(tf.zeros([part], tf.int32), info.num_classes))
+            compat.build_before_multiworker_fit(model, self.strategy, batch)
+
+    def fit_failure(self, error):
+        if self.workers == 1 or not isinstance(error, _LOST_CONTACT):
+            return None
+        reason = re.sub(r"\{\{.*?\}\}\s*", "", str(error).strip().splitlines()[0])[:160]
+        return DistributeError(
+            f"lost contact with another worker ({reason}); the last completed epoch is saved: restart every "
+            "worker with the same command to resume")
+
+    def score(self, model, best_path, test, num_classes, compile_model):
+        if not is_multiworker(self.strategy):
+            return super().score(model, best_path, test, num_classes, compile_model)
+        # Only the chief scores: the distributed model's evaluation would be a collective
+        # the other workers no longer join, so a plain copy is evaluated instead.
+        best = keras.saving.load_model(best_path, safe_mode=True)
+        compile_model(best)
+        return best.evaluate(one_hot(make_eval_dataset(*test, self.global_batch), num_classes), verbose=0,
+                             return_dict=True)
+
+    def finish(self, model, echo):
+        spread = replica_spread(model)
+        digest = weights_digest(model)
+        digests = gather_from_workers(self.strategy, [int(digest[:15], 16)])
+        agree = len({d for (d,) in digests}) == 1
+        echo(f"weights sha256 {digest}; replicas differ by {spread:g}; workers {'agree' if agree else 'DIFFER'}")
+        if is_multiworker(self.strategy):
+            compat.stop_peer_health_checks(self.strategy)  # peers may now exit; nothing else is shared
+        return {"replica_spread": spread, "weights_sha256": digest, "workers_agree": agree}

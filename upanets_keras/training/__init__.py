@@ -1,0 +1,211 @@
+"""Training UPANets with the paper's recipe: resumable runs that write a run directory.
+
+`train()` reads as the recipe: open the run directory (refuse, resume or
+start), load the data, build and compile the model, fit with callbacks,
+then score the best model and write the results. What exists only because
+of several replicas or workers is behind `upanets_keras.distribute.Distribution`.
+"""
+
+import dataclasses
+import os
+
+import keras
+import tensorflow as tf
+
+from upanets_keras import data as data_lib
+from upanets_keras import faults, runtime
+from upanets_keras.data.pipeline import one_hot
+from upanets_keras.distribute import Distribution
+from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
+from upanets_keras.training.callbacks import AtomicCheckpoint, EpochSummary, NaNGuard, Throughput
+from upanets_keras.training.config import (
+    JIT_CHOICES,
+    PRECISIONS,
+    TrainConfig,
+    TrainingError,
+    has_gpu,
+    resolve_jit,
+    resolve_precision,
+    versions,
+)
+from upanets_keras.training.recipe import build_model, compile_for_training, fit
+from upanets_keras.training.run_dir import RUN_FILES, RunDirectory
+from upanets_keras.variants import count_parameters
+
+__all__ = [
+    "AtomicCheckpoint", "EpochSummary", "JIT_CHOICES", "NaNGuard", "PRECISIONS", "RUN_FILES", "RunDirectory",
+    "Throughput", "TrainConfig", "TrainingError", "build_model", "compile_for_training", "fit", "has_gpu",
+    "one_hot", "resolve_jit", "resolve_precision", "train", "versions",
+]
+
+
+def train(config, overwrite=False, echo=print, verbose=None):
+    """Train UPANets; resumable, writing the run directory.
+
+    Re-running the same configuration into the same `output_dir` resumes from
+    the last completed epoch (weights, optimizer, schedule and data order).
+    Under `--strategy multiworker` every worker runs this with the same
+    config; only the chief writes the run directory.
+
+    Args:
+        config: a `TrainConfig`.
+        overwrite: replace a finished or different run in `output_dir`.
+        echo: where one-line messages go.
+        verbose: Keras progress output (default: bars on a terminal, else none).
+
+    Returns:
+        The `metrics.json` dict (on a non-chief worker: its role and weights digest).
+
+    Example:
+    >>> train(TrainConfig(dataset="digits", filters=8, epochs=8, output_dir="runs/d"))  # doctest: +SKIP
+    """
+    config = config.resolved()
+    distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
+    run = RunDirectory(distribution.output_dir(config.output_dir))
+    echo = distribution.echo(echo)
+    with run.lock():  # one process at a time per run directory
+        first_epoch = open_run(config, distribution, run, overwrite, echo)
+        splits = load_data(config, distribution)
+        if distribution.is_chief:
+            record_config(config, distribution, run, splits)
+        model = build_and_compile(config, distribution, splits, echo)
+        throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose)
+        checks = distribution.finish(model, echo)
+        if not distribution.is_chief:
+            run.remove()  # its backup, deleted at the end of fit; nothing else is kept
+            return {**distribution.summary(), **checks}
+        return score_and_write(config, distribution, run, model, splits, throughput, checks)
+
+
+def open_run(config, distribution, run, overwrite, echo):
+    """Refuse, clear or prepare the run directory; return the number of epochs already trained."""
+    refusal = None
+    try:
+        if distribution.is_chief:
+            run.prepare(config, overwrite, distribution.batch)
+        elif overwrite:
+            run.remove()
+    except TrainingError as e:
+        refusal = e
+    first_epoch = distribution.agree_on_start(refusal, run)
+    if first_epoch >= config.epochs:
+        echo(f"All {config.epochs} epochs were already trained; evaluating.")
+    elif first_epoch:
+        echo(f"Resuming {config.output_dir} after epoch {first_epoch} of {config.epochs}.")
+    return first_epoch
+
+
+def load_data(config, distribution):
+    """The dataset's splits, checked against the global batch."""
+    splits = data_lib.load_splits(
+        config.dataset, data_dir=config.data_dir, image_size=config.image_size, val_split=config.val_split,
+        seed=config.seed, cache=config.cache, cache_dir=config.cache_dir,
+    )
+    faults.reached("data")
+    if len(splits.train[0]) < distribution.global_batch:
+        raise data_lib.DataError(
+            f"the global batch of {distribution.global_batch} is larger than the {len(splits.train[0])} training "
+            "images; use a smaller --batch-size"
+        )
+    return splits
+
+
+def record_config(config, distribution, run, splits):
+    """`config.json`: the resolved run, precision, batch, dataset, versions, runtime and devices."""
+    payload = {"run": dataclasses.asdict(config), "precision": resolve_precision(config.precision),
+               "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
+               "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
+               "devices": [d.name for d in tf.config.list_logical_devices()]}
+    if distribution.replicas > 1 or distribution.workers > 1:
+        payload["distribution"] = distribution.summary()
+    run.write_json("config.json", payload)
+
+
+def _steps(splits, distribution):
+    return len(splits.train[0]) // distribution.global_batch
+
+
+def build_and_compile(config, distribution, splits, echo):
+    """The model, built and compiled in the distribution's scope with the recipe at the run's batch and rate."""
+    info, precision, jit = splits.info, resolve_precision(config.precision), resolve_jit(config.jit_compile)
+    model = build_model(config, info.num_classes, (info.image_size, info.image_size, 3), precision,
+                        info.mean, info.std, info.class_names, scope=distribution.scope())
+    with distribution.scope():
+        distribution.prepare_model(model)
+        compile_for_training(model, dataclasses.replace(config, lr=distribution.lr), _steps(splits, distribution),
+                             jit, precision)
+    echo(
+        f"UPANets filters={config.filters} blocks={config.blocks}: {count_parameters(model):,} parameters; "
+        f"{info.name}: {len(splits.train[0])} train / {len(splits.val[0])} val / {len(splits.test[0])} test images "
+        f"{info.image_size}px, {info.num_classes} classes; precision {precision}, XLA {'on' if jit else 'off'}"
+    )
+    if distribution.description():
+        echo(distribution.description())
+    return model
+
+
+def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose):
+    """Fit from `first_epoch` with the run's callbacks; return the throughput measured."""
+    steps, info = _steps(splits, distribution), splits.info
+    throughput = Throughput(steps * distribution.global_batch)
+    callbacks = [NaNGuard()]
+    if distribution.is_chief:
+        callbacks += [
+            AtomicCheckpoint(run.file("best.keras"), monitor="val_accuracy",
+                             initial_value_threshold=run.trim_history(first_epoch)),
+            AtomicCheckpoint(run.file("last.keras")),
+            keras.callbacks.CSVLogger(run.file("history.csv"), append=True),
+            keras.callbacks.TensorBoard(run.file("logs")),
+        ]
+    callbacks += [
+        throughput,
+        EpochSummary(config.epochs, steps, echo),
+        *faults.callbacks(),
+        # Last: an epoch counts as done once its backup is written, after its other outputs.
+        keras.callbacks.BackupAndRestore(run.backup_dir, double_checkpoint=True),
+    ]
+    if first_epoch >= config.epochs:
+        return throughput
+    train_ds = distribution.train_dataset(*splits.train, info, config.seed, first_epoch)
+    val_ds = distribution.eval_dataset(*splits.val, info.num_classes)
+    distribution.before_fit(model, info)
+    try:
+        fit(model, train_ds, config.epochs, steps, validation_data=val_ds, callbacks=callbacks,
+            verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
+    except KeyboardInterrupt:
+        raise TrainingError(
+            f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"
+        ) from None
+    except Exception as e:
+        failure = distribution.fit_failure(e)
+        if failure is None:
+            raise
+        raise failure from None
+    return throughput
+
+
+def score_and_write(config, distribution, run, model, splits, throughput, checks):
+    """Evaluate the best epoch's weights on the test split; write `metrics.json` and `history.png`.
+
+    On one device the weights of `best.keras` go into the model already compiled
+    and traced for validation, so scoring them costs no second build or trace.
+    """
+    faults.reached("test_eval")
+    test = distribution.score(model, run.file("best.keras"), splits.test, splits.info.num_classes,
+                              lambda best: compile_for_training(best, config, 1, False))
+    best_val, best_epoch, completed = run.best_epoch()
+    metrics = {
+        "test_accuracy": test["accuracy"],
+        "test_top5_accuracy": test["top5_accuracy"],
+        "test_loss": test["loss"],
+        "best_val_accuracy": best_val,
+        "best_epoch": best_epoch,
+        "epochs_completed": completed,
+        "train_images_per_second": throughput.images_per_second(),
+        "parameters": count_parameters(model),
+    }
+    if checks:
+        metrics.update(distribution=distribution.summary(), **checks)
+    run.plot_history()
+    run.write_json("metrics.json", metrics)
+    return metrics

@@ -1,0 +1,96 @@
+"""The callbacks of a training run: checkpoints, NaN guard, throughput, one line per epoch."""
+
+import math
+import time
+
+import keras
+import numpy as np
+
+from upanets_keras.saving import save_model_atomically
+from upanets_keras.training.config import TrainingError
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the model to `path` at the end of every epoch, or only when `monitor` improves.
+
+    Unlike `keras.callbacks.ModelCheckpoint`, the file is written beside `path`
+    and renamed into place, so `path` always holds a complete model.
+
+    Args:
+        path: the `.keras` file.
+        monitor: a metric to maximise (e.g. `"val_accuracy"`); None saves every epoch.
+        initial_value_threshold: the best value so far (a resumed run's), or None.
+    """
+
+    def __init__(self, path, monitor=None, initial_value_threshold=None):
+        super().__init__()
+        self.path = path
+        self.monitor = monitor
+        self.best = initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is not None:
+            value = (logs or {}).get(self.monitor)
+            if value is None or math.isnan(value) or (self.best is not None and value <= self.best):
+                return
+            self.best = value
+        save_model_atomically(self.model, self.path)
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Abort at the first non-finite loss, before any epoch-end checkpoint runs."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            raise TrainingError(
+                f"loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}; the last "
+                "good epoch is kept in last.keras. Lower --lr or add --warmup-epochs"
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second, measured over whole epochs (the first excluded if more)."""
+
+    def __init__(self, images_per_epoch):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+    def images_per_second(self):
+        times = self.times[1:] if len(self.times) > 1 else self.times
+        return self.images_per_epoch * len(times) / sum(times) if times else None
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """One line per epoch, for logs and terminals without progress bars."""
+
+    def __init__(self, epochs, steps_per_epoch, echo):
+        super().__init__()
+        self.epochs, self.steps, self.echo = epochs, steps_per_epoch, echo
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+        # The rate of this epoch: the schedule at the epoch's first step.
+        self.lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        val = (
+            f"val_loss {logs['val_loss']:.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
+            if "val_loss" in logs else ""  # no validation when retraining on train+validation
+        )
+        self.echo(
+            f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
+            f"acc {logs.get('accuracy', float('nan')):.4f}  {val}lr {self.lr:.5f}  "
+            f"{time.perf_counter() - self.start:.1f}s"
+        )

@@ -1,0 +1,315 @@
+"""`upanets-keras tune`: the search's configuration, its project folder, roles, and the final retraining."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import keras
+import keras_tuner
+import numpy as np
+
+from upanets_keras import compat, distribute
+from upanets_keras import data as data_lib
+from upanets_keras.data import CACHE_MODES
+from upanets_keras.saving import save_model_atomically
+from upanets_keras.search_space import SearchSpace
+from upanets_keras.training import EpochSummary, TrainConfig, fit, one_hot, versions
+from upanets_keras.tuning.hypermodel import UPANetsHyperModel
+from upanets_keras.tuning.report import format_row, format_table, trial_row, write_json, write_trials
+from upanets_keras.tuning.trials import ORACLE_CLASSES, UPANetsHyperband, UPANetsTuner
+from upanets_keras.variants import count_parameters
+
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVES = {"val_accuracy": "val_accuracy", "efficiency": "val_efficiency"}
+TRIAL_STRATEGIES = ("auto", "one", "mirrored")
+SEARCH_FILE = "search.json"
+# Settings that define a search: resuming with other values would mix incomparable trials.
+IDENTITY = ("dataset", "image_size", "val_split", "seed", "tuner", "objective", "epochs",
+            "batch_size", "max_params", "search_space", "precision")
+
+
+class TuningError(ValueError):
+    """A search that cannot start or continue; the message says what to do."""
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """Everything that defines a search (saved as `search.json` in the project)."""
+
+    dataset: str = "digits"
+    data_dir: str = None
+    image_size: int = None
+    tuner: str = "random"
+    max_trials: int = 10
+    epochs: int = 10
+    objective: str = "val_accuracy"
+    max_params: int = None
+    search_space: dict = None
+    batch_size: int = 100
+    final_epochs: int = None
+    val_split: float = 0.1
+    seed: int = 0
+    precision: str = "auto"
+    jit_compile: str = "auto"
+    directory: str = "runs/tune"
+    project_name: str = None
+    connect_timeout: float = 30.0
+    strategy: str = "auto"
+    cache: str = "auto"
+    cache_dir: str = None
+
+    def resolved(self):
+        config = dataclasses.replace(self)
+        choices = [("tuner", TUNERS, "unknown tuner"), ("objective", OBJECTIVES, "unknown objective"),
+                   ("cache", CACHE_MODES, "unknown cache mode")]
+        for field, allowed, what in choices:
+            if getattr(config, field) not in allowed:
+                raise TuningError(f"{what}; choose one of {', '.join(allowed)}. Received: {field}="
+                                  f"{getattr(config, field)!r}")
+        if config.strategy not in TRIAL_STRATEGIES:
+            raise TuningError(
+                f"a trial runs with one of the strategies {', '.join(TRIAL_STRATEGIES)} (several machines: "
+                f"distributed tuning, see the README). Received: strategy={config.strategy!r}"
+            )
+        if config.max_trials < 1 or config.epochs < 1:
+            raise TuningError(
+                f"--max-trials and --epochs must be >= 1. Received: max_trials={config.max_trials}, epochs={config.epochs}"
+            )
+        config.search_space = SearchSpace(config.search_space).to_dict()
+        config.project_name = config.project_name or config.dataset
+        if config.final_epochs is None:
+            config.final_epochs = config.epochs
+        return config
+
+
+def distributed_role():
+    """`local`, `chief` or `worker`, from keras-tuner's `KERASTUNER_*` variables."""
+    kt_distribute = compat.keras_tuner_distribute()
+    try:
+        if not kt_distribute.has_chief_oracle():
+            return "local"
+    except RuntimeError as e:
+        raise TuningError(f"{e} (see the README's distributed tuning recipe)") from None
+    return "chief" if kt_distribute.is_chief_oracle() else "worker"
+
+
+def chief_address():
+    return f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+
+
+def wait_for_chief(timeout):
+    """Fail fast when the chief's oracle cannot be reached (keras-tuner would wait an hour)."""
+    import grpc
+
+    channel = grpc.insecure_channel(chief_address())
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise TuningError(
+            f"cannot reach the tuning chief at {chief_address()} within {timeout:g} s; start the chief "
+            "(KERASTUNER_TUNER_ID=chief) first and check KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT and the firewall"
+        ) from None
+    finally:
+        channel.close()
+
+
+def prepare_project(config, project_dir, role, overwrite, payload):
+    """Start over (`overwrite`), refuse a project of another search, or record a new one."""
+    if overwrite and role != "worker" and os.path.isdir(project_dir):
+        shutil.rmtree(project_dir)
+    path = os.path.join(project_dir, SEARCH_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f).get("search", {})
+        for key in IDENTITY:
+            if saved.get(key) != payload["search"][key]:
+                raise TuningError(
+                    f"{project_dir} holds a search with a different {key.replace('_', ' ')} "
+                    f"({saved.get(key)!r} there, {payload['search'][key]!r} here); pass --overwrite to start over "
+                    "or choose another --project-name"
+                )
+    elif role != "worker":
+        if os.path.isdir(project_dir) and os.listdir(project_dir):
+            raise TuningError(
+                f"{project_dir} holds files that are not an upanets-keras search; pass --overwrite to replace "
+                "them or choose another --project-name"
+            )
+        os.makedirs(project_dir, exist_ok=True)
+        write_json(path, payload)
+
+
+def prepare_data(config):
+    """The splits, the hypermodel and the allowed (filters, blocks) pairs of a resolved search."""
+    splits = data_lib.load_splits(
+        config.dataset, data_dir=config.data_dir, image_size=config.image_size, val_split=config.val_split,
+        seed=config.seed, verbose=False, cache=config.cache, cache_dir=config.cache_dir,
+    )
+    info = splits.info
+    space = SearchSpace(config.search_space)
+    pairs = space.check(config.max_params, info.num_classes, info.image_size)
+    steps = len(splits.train[0]) // config.batch_size
+    if steps < 1:
+        raise TuningError(
+            f"--batch-size {config.batch_size} is larger than the {len(splits.train[0])} training images; "
+            "use a smaller --batch-size"
+        )
+    base = TrainConfig(dataset=config.dataset, epochs=config.epochs, batch_size=config.batch_size,
+                       seed=config.seed, precision=config.precision, jit_compile=config.jit_compile)
+    hypermodel = UPANetsHyperModel(
+        info.num_classes, (info.image_size, info.image_size, 3), space, base, steps,
+        info.mean, info.std, info.class_names, defaults=space.defaults(pairs),
+    )
+    return splits, hypermodel, pairs
+
+
+def trial_datasets(config, splits):
+    """A trial's one-hot training stream and validation batches."""
+    info = splits.info
+    train = data_lib.make_train_dataset(*splits.train, info, config.batch_size, seed=config.seed)
+    val = data_lib.make_eval_dataset(*splits.val, config.batch_size)
+    return one_hot(train, info.num_classes), one_hot(val, info.num_classes)
+
+
+def retrain_best(config, hypermodel, values, splits, project_dir, echo):
+    """Train the best configuration on train+validation; save `best.keras` and `metrics.json`."""
+    x = data_lib.concatenate([splits.train[0], splits.val[0]])
+    y = np.concatenate([splits.train[1], splits.val[1]])
+    steps = len(x) // config.batch_size
+    train_config = dataclasses.replace(hypermodel.trial_config(values), epochs=config.final_epochs)
+    final = UPANetsHyperModel(
+        hypermodel.num_classes, hypermodel.input_shape, SearchSpace({k: [v] for k, v in values.items()}),
+        train_config, steps, hypermodel.pixel_mean, hypermodel.pixel_std, hypermodel.class_names,
+    )
+    keras.backend.clear_session()
+    strategy = distribute.make_strategy(config.strategy)
+    with strategy.scope():
+        model = final.build(keras_tuner.HyperParameters())
+        if strategy.num_replicas_in_sync > 1:
+            distribute.synchronize_batch_norm(model)
+    info = splits.info
+    train_ds = one_hot(data_lib.make_train_dataset(x, y, info, config.batch_size, seed=config.seed), info.num_classes)
+    fit(model, train_ds, config.final_epochs, steps, callbacks=[EpochSummary(config.final_epochs, steps, echo)])
+    test_ds = one_hot(data_lib.make_eval_dataset(*splits.test, config.batch_size), info.num_classes)
+    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    save_model_atomically(model, os.path.join(project_dir, "best.keras"))
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_top5_accuracy": test["top5_accuracy"],
+        "test_loss": test["loss"],
+        "parameters": count_parameters(model),
+        "final_epochs": config.final_epochs,
+        "train_images": int(len(x)),
+    }
+
+
+def _make_tuner(config, hypermodel, allowed, report):
+    objective = keras_tuner.Objective(OBJECTIVES[config.objective], "max")
+    oracle_kwargs = {"objective": objective, "seed": config.seed}
+    if config.tuner == "hyperband":
+        oracle_kwargs.update(max_epochs=config.epochs)
+    else:
+        oracle_kwargs.update(max_trials=config.max_trials)
+    oracle = ORACLE_CLASSES[config.tuner](**oracle_kwargs)
+    oracle.max_trials = config.max_trials
+    oracle.valid = lambda values: (values.get("filters"), values.get("blocks")) in allowed
+    oracle.report = report
+    tuner_class = UPANetsHyperband if config.tuner == "hyperband" else UPANetsTuner
+    tuner = tuner_class(oracle=oracle, hypermodel=hypermodel, directory=config.directory,
+                        project_name=config.project_name)
+    tuner.report = report
+    tuner.search_config = config
+    return tuner, oracle  # on a worker `tuner.oracle` is a client of the chief's oracle
+
+
+def tune(config, overwrite=False, echo=print):
+    """Search width and depth (and optionally the recipe) with keras-tuner.
+
+    Re-running the same search resumes it; in keras-tuner's distributed mode
+    (`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT`)
+    the chief serves the search and then retrains the best configuration, and
+    workers run trials.
+
+    Args:
+        config: a `TuneConfig`.
+        overwrite: start the search over.
+        echo: where one-line messages go.
+
+    Returns:
+        The `metrics.json` dict of the retrained best model (`None` on a worker).
+
+    Example:
+    >>> tune(TuneConfig(dataset="digits", max_trials=8, epochs=5))  # doctest: +SKIP
+    """
+    config = config.resolved()
+    role = distributed_role()
+    splits, hypermodel, pairs = prepare_data(config)
+    info, space = splits.info, hypermodel.search_space
+    config.image_size = info.image_size
+    project_dir = os.path.join(config.directory, config.project_name)
+    if role == "worker":
+        wait_for_chief(config.connect_timeout)  # by then the chief has prepared the project
+    prepare_project(config, project_dir, role, overwrite, {
+        "search": {k: getattr(config, k) for k in IDENTITY}, "run": dataclasses.asdict(config),
+        "dataset": info.to_dict(), "versions": versions(),
+    })
+    names = list(space.to_dict())
+
+    def report(trial, seconds, memory=None):
+        row = trial_row(trial, seconds, names, info.num_classes, info.image_size)
+        echo(f"trial {row['trial']} done: {format_row(row, names)}" + (f"  {memory}" if memory else ""))
+
+    tuner, oracle = _make_tuner(config, hypermodel, set(pairs), report)
+    done = sum(t.status in ("COMPLETED", "FAILED") for t in oracle.trials.values())
+    echo(
+        f"Search ({config.tuner}, objective {config.objective}) of {space.describe()} on {info.name}: "
+        f"{len(pairs)} architectures allowed, {config.max_trials} trials of {config.epochs} epochs"
+        + (f"; resuming after {done} finished trials" if done and role != "worker" else "")
+        + ("" if role == "local" else f"; {role} {os.environ['KERASTUNER_TUNER_ID']!r} of the oracle at {chief_address()}")
+    )
+    size = space.size(pairs)
+    if size is not None and size < config.max_trials:
+        echo(f"Note: the space holds only {size} configurations, so the search stops after {size} trials.")
+
+    tuner.search(epochs=config.epochs, verbose=0)  # each trial loads the data in its own process
+    if role == "worker":
+        echo(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the search is done.")
+        return None
+    return finish(config, tuner, hypermodel, splits, project_dir, names, echo)
+
+
+def finish(config, tuner, hypermodel, splits, project_dir, names, echo):
+    """The table of all trials, then the best configuration retrained (unless it already was)."""
+    oracle = tuner.oracle
+    info = splits.info
+    rows = [
+        trial_row(oracle.trials[tid], oracle.trial_seconds.get(tid), names, info.num_classes, info.image_size)
+        for tid in sorted(oracle.trials)
+    ]
+    completed = [t for t in oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    if not rows or not completed:
+        raise TuningError(f"no trial of {project_dir} completed; see the messages above")
+    best = oracle.get_best_trials(1)[0]
+    write_trials(rows, project_dir)
+    echo(format_table(rows, names, best.trial_id))
+    echo(f"Wrote {os.path.join(project_dir, 'trials.csv')} and trials.json; best: trial {best.trial_id}")
+
+    values = {k: v for k, v in best.hyperparameters.values.items() if k in names}
+    metrics_path = os.path.join(project_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            previous = json.load(f)
+        if previous.get("trial") == best.trial_id and previous.get("final_epochs") == config.final_epochs:
+            echo(f"The best configuration was already retrained: {os.path.join(project_dir, 'best.keras')}")
+            return previous
+    if config.final_epochs < 1:
+        return None
+    echo(f"Retraining trial {best.trial_id} ({', '.join(f'{k}={v:g}' for k, v in values.items())}) "
+         f"on train+validation for {config.final_epochs} epochs")
+    metrics = retrain_best(config, hypermodel, values, splits, project_dir, echo)
+    metrics = {"trial": best.trial_id, "hyperparameters": values, "search_objective": config.objective,
+               "search_score": best.score, **metrics}
+    write_json(metrics_path, metrics)
+    echo(f"Wrote {os.path.join(project_dir, 'best.keras')}: test accuracy {metrics['test_accuracy']:.4f}, "
+         f"{metrics['parameters']:,} parameters")
+    return metrics
