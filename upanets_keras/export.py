@@ -93,7 +93,19 @@ def _write_saved_model(model, path):
     archive.write_out(path, verbose=False)
 
 
+class _QuietDeprecation:
+    """Drops the converter's advice to pass `trackable_obj`: the frozen function needs none."""
+
+    def filter(self, record):
+        return "trackable_obj" not in record.getMessage()
+
+
 def _litert_bytes(model, quantize, calibration):
+    import logging
+
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietDeprecation) for f in absl.filters):
+        absl.addFilter(_QuietDeprecation())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([inference_function(model)])
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
