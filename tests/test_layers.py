@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import keras
@@ -162,3 +164,66 @@ def test_layer_argument_validation():
         ChannelPixelAttention(4, strides=3)
     with pytest.raises(ValueError, match="known height and width"):
         SpatialPixelAttention()(keras.Input((None, None, 3)))
+
+
+SYNC_BN_GRADIENTS = """
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from upanets_keras.layers import ReferenceBatchNormalization
+
+def build():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = ReferenceBatchNormalization(synchronized=True, name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(3, name="dense")(x))
+
+rng = np.random.default_rng(1)
+x = rng.normal(size=(8, 6, 6, 3)).astype("float32") * 3 + 1
+y = rng.integers(0, 3, 8).astype("int32")
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+
+def grads(model, xs, ys):
+    with tf.GradientTape() as tape:
+        value = loss(ys, model(xs, training=True)) / 8.0
+    return tape.gradient(value, model.trainable_variables)
+
+one = build()
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    two = build()
+    two.set_weights(one.get_weights())
+expected = [g.numpy() for g in grads(one, x, y)]
+slices = strategy.experimental_distribute_values_from_function(
+    lambda ctx: (x[ctx.replica_id_in_sync_group * 4:][:4], y[ctx.replica_id_in_sync_group * 4:][:4]))
+
+@tf.function
+def step(batch):
+    per_replica = strategy.run(lambda b: grads(two, *b), args=(batch,))
+    return [strategy.reduce("SUM", g, axis=None) for g in per_replica]
+
+actual = [g.numpy() for g in step(slices)]
+print(json.dumps({
+    "max_diff": max(float(np.abs(a - e).max()) for a, e in zip(actual, expected)),
+    "scale": max(float(np.abs(e).max()) for e in expected),
+    "moving_mean_diff": float(np.abs(two.get_layer("bn").moving_mean.numpy() - one.get_layer("bn").moving_mean.numpy()).max()),
+}))
+"""
+
+
+def test_synchronized_batchnorm_gradients_over_two_replicas_equal_one_device():
+    """Two replicas of half a batch each, summed, give the gradients of the whole batch on one device."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", SYNC_BN_GRADIENTS], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["max_diff"] <= 1e-5 * result["scale"], result
+    assert result["moving_mean_diff"] < 1e-6, result

@@ -45,11 +45,16 @@ def _cross_replica_sum(context, x):
     def reduce(value):
         return compat.all_reduce_in_replica(context, tf.distribute.ReduceOp.SUM, value)
 
-    @tf.custom_gradient
-    def summed(value):
-        return reduce(value), reduce  # the gradient of an all-sum is an all-sum
+    # The sum enters the custom gradient as an input: `tf.custom_gradient` walks the graph back
+    # from its outputs to its inputs, and a sum computed inside would lead that walk through every
+    # other replica's graph (minutes of tracing under MirroredStrategy).
+    total = reduce(tf.stop_gradient(x))
 
-    return summed(x)
+    @tf.custom_gradient
+    def summed(value, total):
+        return tf.identity(total), lambda dy: (reduce(dy), None)  # the gradient of an all-sum is an all-sum
+
+    return summed(x, total)
 
 
 def _synchronized_moments(x, axes, shift):
