@@ -74,8 +74,9 @@ def _write_predictions(rows, path, top_k):
     import csv
     import json
 
-    tmp = f"{path}.partial"
-    with open(tmp, "w", newline="") as f:
+    from upanets_keras.saving import atomic_write
+
+    with atomic_write(path, newline="") as f:
         if path.endswith(".json"):
             json.dump(rows, f, indent=1)
         else:
@@ -83,7 +84,6 @@ def _write_predictions(rows, path, top_k):
             writer.writerow(["image"] + [f"{what}_{i + 1}" for i in range(top_k) for what in ("class", "probability")])
             for row in rows:
                 writer.writerow([row["image"]] + [v for t in row["top"] for v in (t["class"], f"{t['probability']:.6f}")])
-    os.replace(tmp, path)
 
 
 @click.command()

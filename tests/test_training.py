@@ -210,3 +210,22 @@ def test_mixed_precision_run_scales_the_loss_and_keeps_float32_logits(tmp_path):
     assert model.output.dtype == "float32"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_run_files_are_written_atomically(tmp_path):
+    """A write that fails half-way leaves the previous file whole and no temporary file behind."""
+    from upanets_keras.saving import atomic_write, remove_partial_saves
+
+    path = tmp_path / "metrics.json"
+    path.write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    with atomic_write(path) as f:
+        f.write("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    (tmp_path / ".history.csv.123.partial").write_text("left by a SIGKILL")
+    remove_partial_saves(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

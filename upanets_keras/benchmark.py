@@ -105,6 +105,7 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
     Example:
     >>> times = time_input_pipeline(8, 16, repeats=2)
     """
+    import contextlib
     import tempfile
 
     from upanets_keras.data.pipeline import one_hot
@@ -114,8 +115,9 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
         name="synthetic", num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
         image_size=image_size, mean=CIFAR_MEAN, std=CIFAR_STD, pad=image_size // 8, flip=True,
     )
-    with tempfile.TemporaryDirectory(dir=cache_dir) as folder:
-        if cache == "disk":
+    disk = cache == "disk"
+    with tempfile.TemporaryDirectory(dir=cache_dir) if disk else contextlib.nullcontext() as folder:
+        if disk:
             x, y = _disk_cached(x, y, folder)
         dataset = one_hot(data_lib.make_train_dataset(x, y, info, batch_size, seed=seed), num_classes)
         iterator = iter(dataset)

@@ -1,5 +1,6 @@
-"""Loading saved UPANets `.keras` files with clear errors."""
+"""Writing run files atomically, and loading saved UPANets `.keras` files with clear errors."""
 
+import contextlib
 import glob
 import os
 import zipfile
@@ -32,10 +33,30 @@ def save_model_atomically(model, path):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_write(path, newline=None):
+    """A text file to write that appears at `path` only once the block ends without error.
+
+    Example:
+    >>> with atomic_write("runs/d/metrics.json") as f:  # doctest: +SKIP
+    ...     json.dump(metrics, f)
+    """
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "w", newline=newline) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def remove_partial_saves(folder):
-    """Delete temporary files that a killed `save_model_atomically` left in `folder`."""
-    for path in glob.glob(os.path.join(glob.escape(folder), ".*.partial.keras")):
-        os.remove(path)
+    """Delete temporary files that a killed `save_model_atomically` or `atomic_write` left in `folder`."""
+    for pattern in (".*.partial.keras", ".*.partial"):
+        for path in glob.glob(os.path.join(glob.escape(folder), pattern)):
+            os.remove(path)
 
 
 def is_upanets(model):

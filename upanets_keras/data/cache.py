@@ -209,8 +209,7 @@ class DiskCache:
                     shutil.rmtree(os.path.join(self.root, entry), ignore_errors=True)
 
     def _check_room(self):
-        size = self.source.image_size
-        needed = sum(r.count for r in self.source.splits.values()) * size * size * 3
+        needed = decoded_bytes(self.source)
         free = shutil.disk_usage(self.root).free
         if needed > free:
             raise DataError(

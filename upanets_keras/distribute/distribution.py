@@ -40,6 +40,8 @@ class Distribution:
         batch_size, batch_mode, lr, lr_scaling, sync_batchnorm: as in `TrainConfig`.
     """
 
+    replicated = False  # several replicas or workers: the run files say how it was spread
+
     def __init__(self, strategy, batch_size, batch_mode="global", lr=0.1, lr_scaling="linear", sync_batchnorm=True):
         role = describe(strategy)
         self.strategy = strategy
@@ -126,6 +128,8 @@ class Distribution:
 
 class ReplicatedDistribution(Distribution):
     """Several replicas (MirroredStrategy) or workers (MultiWorkerMirroredStrategy)."""
+
+    replicated = True
 
     def output_dir(self, output_dir):
         # Only the chief writes the run directory; every other worker keeps only its own backup.

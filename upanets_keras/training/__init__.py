@@ -116,7 +116,7 @@ def record_config(config, distribution, run, splits):
                "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
                "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
                "devices": [d.name for d in tf.config.list_logical_devices()]}
-    if distribution.replicas > 1 or distribution.workers > 1:
+    if distribution.replicated:
         payload["distribution"] = distribution.summary()
     run.write_json("config.json", payload)
 
@@ -204,7 +204,7 @@ def score_and_write(config, distribution, run, model, splits, throughput, checks
         "train_images_per_second": throughput.images_per_second(),
         "parameters": count_parameters(model),
     }
-    if checks:
+    if distribution.replicated:
         metrics.update(distribution=distribution.summary(), **checks)
     run.plot_history()
     run.write_json("metrics.json", metrics)

@@ -7,7 +7,7 @@ import os
 import shutil
 
 from upanets_keras.run_lock import RunLock
-from upanets_keras.saving import remove_partial_saves
+from upanets_keras.saving import atomic_write, remove_partial_saves
 from upanets_keras.training.config import TrainConfig, TrainingError
 
 RUN_FILES = (
@@ -129,7 +129,7 @@ class RunDirectory:
         return True
 
     def write_json(self, name, payload):
-        with open(self.file(name), "w") as f:
+        with atomic_write(self.file(name)) as f:  # a half-written metrics.json would pass for a finished run
             json.dump(payload, f, indent=2)
 
     def history(self):
@@ -150,7 +150,7 @@ class RunDirectory:
             return None
         rows = self.history()
         keep = [r for r in rows if int(r["epoch"]) < first_epoch]
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, newline="") as f:
             if rows:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()

@@ -6,15 +6,14 @@ import os
 
 import numpy as np
 
+from upanets_keras.saving import atomic_write
 from upanets_keras.variants import parameter_count
 
 
 def write_json(path, payload):
     """Write JSON atomically (a partial file renamed into place)."""
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def trial_metric(trial, name):
@@ -83,7 +82,7 @@ def format_table(rows, space_names, best_id):
 
 def write_trials(rows, project_dir):
     """`trials.csv` and `trials.json` in the project directory."""
-    with open(os.path.join(project_dir, "trials.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(project_dir, "trials.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
