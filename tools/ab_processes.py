@@ -63,7 +63,7 @@ def parse_env(config):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("configs", nargs="+", help="configurations: 'NAME=value ...' ('' = as is)")
+    parser.add_argument("configs", nargs="*", help="configurations: 'NAME=value ...' ('' = as is)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -84,7 +84,7 @@ def main(argv=None):
     for round_ in range(1, args.rounds + 1):
         for i, extra in enumerate(envs):
             env = {**os.environ, **(AVX2_EMULATION if args.emulate_avx2 else {}), **extra}
-            out = subprocess.run([sys.executable, __file__, "--worker", *map(str, passed), "worker"], env=env,
+            out = subprocess.run([sys.executable, __file__, "--worker", *map(str, passed)], env=env,
                                  capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"error: worker '{args.configs[i]}' failed:\n{out.stderr[-2000:]}")
