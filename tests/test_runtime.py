@@ -28,7 +28,7 @@ def test_configure_sets_defaults_but_respects_the_user(monkeypatch):
     monkeypatch.setattr(runtime, "is_x86", lambda: True)
     env = {"TF_ENABLE_ONEDNN_OPTS": "0"}
     applied = runtime.configure(env)
-    assert env == {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1"}
+    assert env == {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "0"}
     assert applied == {"TF_ENABLE_ONEDNN_OPTS": "set by the user",
                        "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "set by upanets_keras"}
     monkeypatch.setattr(runtime, "is_x86", lambda: False)

@@ -29,22 +29,26 @@ def can_fuse_batch_norm(inputs, axis):
     )
 
 
-def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training):
+def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, momentum=None):
     """Channels-last batch norm as one `FusedBatchNormV3` kernel.
 
     Args:
         x: rank-2 or rank-4 channels-last tensor (float16, bfloat16 or float32).
         scale: float32 `(channels,)`.
         offset: float32 `(channels,)`.
-        mean: float32 moving mean (used when not training).
-        variance: float32 moving variance (used when not training).
+        mean: float32 moving mean (used when not training, or with `momentum`).
+        variance: float32 moving variance (likewise).
         epsilon: added to the variance.
         training: normalise with the batch statistics and return them.
+        momentum: in training, return the moving statistics updated with it
+            (`momentum * moving + (1 - momentum) * batch`) by the kernel itself
+            instead of the batch statistics.
 
     Returns:
-        `(y, batch_mean, batch_variance)`, `y` of `x`'s dtype; in training the
-        batch variance is the unbiased one (`n / (n - 1)`, PyTorch's running
-        variance rule), otherwise both statistics are `None`.
+        `(y, mean, variance)`, `y` of `x`'s dtype; in training the batch
+        statistics (the variance the unbiased one, `n / (n - 1)`, PyTorch's
+        running variance rule), or with `momentum` the updated moving ones;
+        otherwise both statistics are `None`.
 
     Example:
     >>> y, m, v = fused_batch_norm(tf.ones((2, 3)), tf.ones(3), tf.zeros(3), None, None, 1e-5, True)
@@ -52,16 +56,17 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training):
     rank2 = x.shape.rank == 2
     if rank2:
         x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+    running = not training or momentum is not None
     empty = tf.constant([], tf.float32)
     # The raw op, not tf.compat.v1.nn.fused_batch_norm: that one raises epsilon to 1.001e-5.
     y, batch_mean, batch_variance, *_ = tf.raw_ops.FusedBatchNormV3(
         x=x,
         scale=tf.cast(scale, tf.float32),
         offset=tf.cast(offset, tf.float32),
-        mean=empty if training else tf.cast(mean, tf.float32),
-        variance=empty if training else tf.cast(variance, tf.float32),
+        mean=tf.cast(mean, tf.float32) if running else empty,
+        variance=tf.cast(variance, tf.float32) if running else empty,
         epsilon=float(epsilon),
-        exponential_avg_factor=1.0,
+        exponential_avg_factor=1.0 - float(momentum) if training and momentum is not None else 1.0,
         data_format="NHWC",
         is_training=bool(training),
     )

@@ -165,17 +165,16 @@ class ReferenceBatchNormalization(keras.layers.BatchNormalization):
             # defined, so weight decay still reaches it as in the reference.
             offset = offset + 0.0 * shift if training else offset
             moving_mean = moving_mean - shift
+        # In training the kernel also updates the moving statistics (with the unbiased
+        # variance): two ops fewer per statistic, ~140 statistics a step.
         outputs, mean, variance = kernels.fused_batch_norm(
             inputs, self.gamma, offset, moving_mean, self.moving_variance,
-            self.epsilon, training,
+            self.epsilon, training, momentum=self.momentum,
         )
         if training:
-            momentum = self.momentum
-            if shift is not None:
-                mean = mean + shift
-            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
-            # `variance` is already the unbiased one.
-            self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+            # The kernel updated `moving_mean - shift`.
+            self.moving_mean.assign(mean if shift is None else mean + shift)
+            self.moving_variance.assign(variance)
         return ops.cast(outputs, self.compute_dtype)
 
 

@@ -7,8 +7,10 @@ figures). Importing this module (which `upanets_keras` and the CLI do first)
 sets, on x86-64, unless the user already set them:
 
 - `TF_ENABLE_ONEDNN_OPTS=1`: oneDNN kernels on every x86-64 CPU;
-- `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1`: oneDNN's scratch memory from malloc
-  instead of TensorFlow's BFC allocator.
+- `TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0`: oneDNN's memory from TensorFlow's BFC
+  allocator, which keeps freed buffers for the next step; from malloc (`=1`)
+  the large activation buffers go back to the kernel after every step and
+  are page-faulted in again (slower on AVX2 machines, docs/PERFORMANCE.md).
 
 A variable the user set is respected, and nothing takes effect once
 TensorFlow was imported before this module (`describe()` then says so).
@@ -26,7 +28,7 @@ import sys
 
 DEFAULTS = {
     "TF_ENABLE_ONEDNN_OPTS": "1",
-    "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "1",
+    "TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "0",
 }
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
