@@ -56,7 +56,8 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
     rank2 = x.shape.rank == 2
     if rank2:
         x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
-    running = not training or momentum is not None
+    update = bool(training) and momentum is not None
+    running = not training or update
     empty = tf.constant([], tf.float32)
     # The raw op, not tf.compat.v1.nn.fused_batch_norm: that one raises epsilon to 1.001e-5.
     y, batch_mean, batch_variance, *_ = tf.raw_ops.FusedBatchNormV3(
@@ -66,7 +67,7 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
         mean=tf.cast(mean, tf.float32) if running else empty,
         variance=tf.cast(variance, tf.float32) if running else empty,
         epsilon=float(epsilon),
-        exponential_avg_factor=1.0 - float(momentum) if training and momentum is not None else 1.0,
+        exponential_avg_factor=1.0 - float(momentum) if update else 1.0,
         data_format="NHWC",
         is_training=bool(training),
     )

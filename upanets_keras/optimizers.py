@@ -57,18 +57,17 @@ class ReferenceSGD(keras.optimizers.Optimizer):
         g = ops.cast(gradient, variable.dtype)
         if self.coupled_weight_decay:
             g = ops.add(g, ops.multiply(variable, ops.cast(self.coupled_weight_decay, variable.dtype)))
-        if self.momentum and _fusable(variable, g):
-            # One kernel for `buf = momentum * buf + g; p -= lr * buf` instead of five ops and
-            # their variable reads: the step updates ~250 mostly tiny variables, so per-op
-            # overhead dominates (docs/PERFORMANCE.md).
-            buf = self.momentums[compat.variable_index(self, variable)]
-            tf.raw_ops.ResourceApplyMomentum(
-                var=_tf_variable(variable).handle, accum=_tf_variable(buf).handle, lr=lr, grad=g,
-                momentum=ops.cast(self.momentum, variable.dtype), use_locking=False, use_nesterov=False,
-            )
-            return
         if self.momentum:
             buf = self.momentums[compat.variable_index(self, variable)]
+            if _fusable(variable, g):
+                # One kernel for `buf = momentum * buf + g; p -= lr * buf` instead of five ops and
+                # their variable reads: the step updates ~250 mostly tiny variables, so per-op
+                # overhead dominates (docs/PERFORMANCE.md).
+                tf.raw_ops.ResourceApplyMomentum(
+                    var=_tf_variable(variable).handle, accum=_tf_variable(buf).handle, lr=lr, grad=g,
+                    momentum=ops.cast(self.momentum, variable.dtype), use_locking=False, use_nesterov=False,
+                )
+                return
             self.assign(buf, ops.add(ops.multiply(buf, ops.cast(self.momentum, variable.dtype)), g))
             g = buf
         self.assign_sub(variable, ops.multiply(g, lr))
