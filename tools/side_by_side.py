@@ -5,8 +5,9 @@ batch, each framework in its own process (never both in one: `import
 tensorflow` before `torch._dynamo`/triton segfaults on some machines, and each
 framework's thread pools slow the other), alternating the two processes
 `--repeats` times so that other load on the machine hits both alike; prints
-the medians, the Keras/reference ratios, and each framework's threads and
-oneDNN state. This process imports neither framework; the reference worker
+the medians, the Keras/reference ratios (of the pooled medians, and the
+median of the ratios within each alternation), and each framework's threads
+and oneDNN state. This process imports neither framework; the reference worker
 never imports TensorFlow. The reference is imported from a checkout of
 github.com/hanktseng131415go/UPANets (needs torch and einops); it is never
 copied into this project.
@@ -191,6 +192,7 @@ def reference_pipeline_times(torch, batch_size, image_size, rounds, warmup):
 def run_workers(argv, args):
     """Each framework in its own process, alternating `args.repeats` times."""
     times = {"keras": {}, "reference": {}}
+    per_run = {"keras": [], "reference": []}  # each worker run's medians, for pair-by-pair ratios
     info = {}
     base_env = dict(os.environ, **(AVX2_EMULATION if args.emulate_avx2 else {}))
     keras_env = dict(base_env, **dict(kv.split("=", 1) for kv in args.keras_env))
@@ -203,8 +205,9 @@ def run_workers(argv, args):
             result = json.loads(out.stdout.strip().splitlines()[-1])
             for name, values in result["times"].items():
                 times[worker].setdefault(name, []).extend(values)
+            per_run[worker].append({name: statistics.median(v) for name, v in result["times"].items()})
             info[worker] = result["info"]
-    return times, info
+    return times, per_run, info
 
 
 def main(argv=None):
@@ -237,17 +240,21 @@ def main(argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     load_before = os.getloadavg()
-    times, info = run_workers(argv, args)
+    times, per_run, info = run_workers(argv, args)
     b = args.batch_size
     per_call = {"train": b, "inference": b, "pipeline": b * PIPELINE_BATCHES}
     rates = {w: {k: per_call[k] / statistics.median(v) for k, v in t.items()} for w, t in times.items()}
     spread = {w: {k: [per_call[k] / max(v), per_call[k] / min(v)] for k, v in t.items()} for w, t in times.items()}
     ratios = {k: rates["keras"][k] / rates["reference"][k] for k in per_call}
     ratios["keras_pipeline_over_train"] = rates["keras"]["pipeline"] / rates["keras"]["train"]
+    # Keras/reference within each alternation: drift of the machine's speed between alternations
+    # (seen: 1.5x within minutes) then cancels out instead of widening the pooled ranges.
+    pairs = {k: [r[k] / q[k] for q, r in zip(per_run["keras"], per_run["reference"])] for k in ("train", "inference")}
     report = {
         "variant": args.variant, "batch_size": b, "image_size": args.image_size, "rounds": args.rounds,
         "repeats": args.repeats, "emulate_avx2": args.emulate_avx2, "keras_env": args.keras_env,
         "images_per_second": rates, "range": spread, "ratios": ratios, "workers": info,
+        "pair_ratios": pairs, "pair_ratio_medians": {k: statistics.median(v) for k, v in pairs.items()},
         "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
         "load_average": {"before": load_before, "after": os.getloadavg()},
     }
@@ -268,6 +275,9 @@ def main(argv=None):
     for kind in ("train", "inference"):
         k, r = spread["keras"][kind], spread["reference"][kind]
         print(f"range {kind:<10} Keras {k[0]:.1f}-{k[1]:.1f}, reference {r[0]:.1f}-{r[1]:.1f} img/s")
+    for kind in ("train", "inference"):
+        print(f"pair by pair {kind:<10} median {report['pair_ratio_medians'][kind]:.2f}x of "
+              + ", ".join(f"{v:.2f}x" for v in pairs[kind]) + " (Keras/reference within each alternation)")
     print(f"Keras input pipeline / Keras training: {ratios['keras_pipeline_over_train']:.1f}x")
     print("reference pipeline: main.py's CIFAR transforms re-created in torch, DataLoader num_workers=0")
     for worker in ("keras", "reference"):
