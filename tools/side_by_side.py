@@ -248,7 +248,7 @@ def main(argv=None):
     ratios = {k: rates["keras"][k] / rates["reference"][k] for k in per_call}
     ratios["keras_pipeline_over_train"] = rates["keras"]["pipeline"] / rates["keras"]["train"]
     # Keras/reference within each alternation: drift of the machine's speed between alternations
-    # (seen: 1.5x within minutes) then cancels out instead of widening the pooled ranges.
+    # (seen: up to 1.6x within minutes) then cancels out instead of widening the pooled ranges.
     pairs = {k: [r[k] / q[k] for q, r in zip(per_run["keras"], per_run["reference"])] for k in ("train", "inference")}
     report = {
         "variant": args.variant, "batch_size": b, "image_size": args.image_size, "rounds": args.rounds,
