@@ -158,6 +158,9 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
               help="Where the input pipeline reads its images from: an array in memory, or a disk cache "
                    "(written to a temporary folder under --cache-dir) as `train --cache disk` reads them.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the disk cache is written [default: the system's temporary folder].")
+@click.option("--exported", multiple=True, type=click.Choice(["litert", "onnx", "saved_model"]),
+              help="Also time inference of the model exported to this format (repeatable), run by its own "
+                   "runtime as `evaluate` runs it; needs the export extra for litert and onnx.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 @user_errors
 def benchmark(as_json, **options):
@@ -168,7 +171,7 @@ def benchmark(as_json, **options):
     the median of repeated timings with the device, versions and thread
     settings: plain figures, no pass/fail.
 
-    Example: upanets-keras benchmark --variant upanets16 --steps 20
+    Example: upanets-keras benchmark --variant upanets16 --steps 20 --exported litert
     """
     import json
 

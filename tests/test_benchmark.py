@@ -1,5 +1,6 @@
 """The benchmark: its figures, its report and the `benchmark` command (tiny configuration)."""
 
+import importlib.util
 import json
 
 import pytest
@@ -9,11 +10,12 @@ from upanets_keras.benchmark import format_report, run_benchmark
 from upanets_keras_cli.main import cli
 
 TINY = dict(filters=4, image_size=16, batch_size=8, steps=2, warmup=1)
+HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 
 
 @pytest.fixture(scope="module")
 def figures():
-    return run_benchmark(**TINY)
+    return run_benchmark(**TINY, exported=("litert", "litert") if HAS_LITERT else ())
 
 
 def test_figures_are_positive_and_describe_the_setup(figures):
@@ -35,6 +37,18 @@ def test_figures_are_positive_and_describe_the_setup(figures):
     json.dumps(figures)
 
 
+@pytest.mark.skipif(not HAS_LITERT, reason="the export extra is not installed")
+def test_exported_artifact_is_timed_after_checking_its_logits(figures):
+    from upanets_keras.runtime import available_cpus
+
+    assert list(figures["exported"]) == ["litert"]  # each format once
+    result = figures["exported"]["litert"]
+    assert result["images_per_second"] > 0 and result["export_seconds"] > 0
+    assert result["max_rel_diff"] <= 1e-4  # the timed artifact computes the model's function
+    assert result["threads"] == available_cpus()
+    assert f"inference, exported litert, {available_cpus()} threads" in format_report(figures)
+
+
 def test_report_is_a_plain_table(figures):
     report = format_report(figures)
     for text in ("training step", "inference", "input pipeline", "images/s", "device:", "threads:", "TensorFlow",
@@ -49,6 +63,8 @@ def test_bad_arguments_are_value_errors():
         run_benchmark(filters=4, image_size=16, batch_size=8, steps=0)
     with pytest.raises(ValueError, match="variant"):
         run_benchmark(variant="upanets5")
+    with pytest.raises(ValueError, match="Received: exported"):
+        run_benchmark(filters=4, image_size=16, batch_size=8, steps=1, exported=("tflite",))
 
 
 def test_cli_json():

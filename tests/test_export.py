@@ -174,3 +174,47 @@ def test_bad_export_and_artifact_input(tmp_path, workdir, case):
     assert words in result.output and "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
     assert not (tmp_path / "o.tflite").exists() and not (tmp_path / "o.bin").exists()
+
+
+def test_litert_runs_on_every_cpu(exported, monkeypatch):
+    # Left to itself the interpreter (and XNNPACK) uses one thread: half the speed on two cores.
+    from ai_edge_litert import interpreter
+
+    from upanets_keras.artifacts import load_artifact
+    from upanets_keras.runtime import available_cpus
+
+    seen = {}
+    real = interpreter.Interpreter
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(interpreter, "Interpreter", spy)
+    runner = load_artifact(exported["litert"][0])
+    assert seen["num_threads"] == runner.num_threads == available_cpus()
+
+
+def test_export_prints_no_tensorflow_deprecation_noise(workdir, tmp_path):
+    # tf2onnx and the graph freezing call TF1 functions that each log a deprecation warning,
+    # once per process: forget which were logged, so this test sees them whatever ran before.
+    import logging
+
+    from tensorflow.python.util import deprecation
+
+    import upanets_keras
+    from upanets_keras.export import write_artifact
+
+    model = upanets_keras.load_model(workdir / "m.keras")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    deprecation._PRINTED_WARNING.clear()
+    try:
+        write_artifact(model, str(tmp_path / "m.onnx"), "onnx")
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert not [m for m in messages if "deprecated" in m], messages

@@ -71,7 +71,7 @@ def keras_worker(args):
     from upanets_keras import runtime  # first: oneDNN settings before TensorFlow loads
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from upanets_keras.benchmark import prepare_model, thread_settings, time_input_pipeline
+    from upanets_keras.benchmark import prepare_model, thread_settings, time_exported, time_input_pipeline
     from upanets_keras.training import versions
 
     filters, blocks = VARIANTS[args.variant]
@@ -84,12 +84,15 @@ def keras_worker(args):
         "pipeline": time_input_pipeline(args.batch_size, args.image_size, args.num_classes,
                                         args.warmup, args.rounds),
     }
+    exported = time_exported(model, x, args.exported, args.warmup, args.rounds)
+    times.update({f"inference_{format}": r["times"] for format, r in exported.items()})
     threads = thread_settings()
     info = {
         "threads": f"TensorFlow inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default)",
         "onednn": runtime.summary(),
         "precision": precision, "jit_compile": jit,
         "versions": f"TensorFlow {versions()['tensorflow']}, Keras {versions()['keras']}",
+        "exported": {format: {k: v for k, v in r.items() if k != "times"} for format, r in exported.items()},
     }
     return times, info
 
@@ -227,6 +230,9 @@ def main(argv=None):
     parser.add_argument("--keras-env", action="append", default=[], metavar="NAME=VALUE",
                         help="Extra environment variable for the Keras worker only (repeatable), "
                              "e.g. TF_ENABLE_ONEDNN_OPTS=0.")
+    parser.add_argument("--exported", action="append", default=[], choices=["litert", "onnx", "saved_model"],
+                        help="Also time Keras-side inference of the model exported to this format, run by its "
+                             "own runtime (as `upanets-keras benchmark --exported`); repeatable.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     parser.add_argument("--worker", choices=["keras", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -242,14 +248,19 @@ def main(argv=None):
     load_before = os.getloadavg()
     times, per_run, info = run_workers(argv, args)
     b = args.batch_size
-    per_call = {"train": b, "inference": b, "pipeline": b * PIPELINE_BATCHES}
+    per_call = {"train": b, "inference": b, "pipeline": b * PIPELINE_BATCHES,
+                **{f"inference_{format}": b for format in dict.fromkeys(args.exported)}}
+    compared = ["train", "inference", *(k for k in per_call if k.startswith("inference_"))]
     rates = {w: {k: per_call[k] / statistics.median(v) for k, v in t.items()} for w, t in times.items()}
     spread = {w: {k: [per_call[k] / max(v), per_call[k] / min(v)] for k, v in t.items()} for w, t in times.items()}
-    ratios = {k: rates["keras"][k] / rates["reference"][k] for k in per_call}
+    # An exported artifact's inference is compared with the reference's (only) inference.
+    reference_kind = {k: "inference" if k.startswith("inference_") else k for k in per_call}
+    ratios = {k: rates["keras"][k] / rates["reference"][reference_kind[k]] for k in per_call}
     ratios["keras_pipeline_over_train"] = rates["keras"]["pipeline"] / rates["keras"]["train"]
     # Keras/reference within each alternation: drift of the machine's speed between alternations
     # (seen: up to 1.6x within minutes) then cancels out instead of widening the pooled ranges.
-    pairs = {k: [r[k] / q[k] for q, r in zip(per_run["keras"], per_run["reference"])] for k in ("train", "inference")}
+    pairs = {k: [r[reference_kind[k]] / q[k] for q, r in zip(per_run["keras"], per_run["reference"])]
+             for k in compared}
     report = {
         "variant": args.variant, "batch_size": b, "image_size": args.image_size, "rounds": args.rounds,
         "repeats": args.repeats, "emulate_avx2": args.emulate_avx2, "keras_env": args.keras_env,
@@ -269,13 +280,20 @@ def main(argv=None):
         print("Keras worker environment: " + " ".join(args.keras_env))
     print()
     print(f"{'':22}{'Keras img/s':>12}{'reference img/s':>17}{'ratio':>8}")
-    for kind, label in (("train", "training step"), ("inference", "inference"), ("pipeline", "input pipeline")):
-        print(f"{label:22}{rates['keras'][kind]:>12.1f}{rates['reference'][kind]:>17.1f}{ratios[kind]:>7.2f}x")
+    rows = [("train", "training step"), ("inference", "inference")]
+    rows += [(k, "inference, " + k.split("_", 1)[1]) for k in compared[2:]] + [("pipeline", "input pipeline")]
+    for kind, label in rows:
+        reference = rates["reference"][reference_kind[kind]]
+        print(f"{label:22}{rates['keras'][kind]:>12.1f}{reference:>17.1f}{ratios[kind]:>7.2f}x")
+    for format, r in info["keras"]["exported"].items():
+        print(f"  inference, {format}: the model exported as `upanets-keras export --format {format}` writes it, "
+              f"run by its own runtime ({r['threads'] or 'default'} threads), logits within "
+              f"{r['max_rel_diff']:.1e} relative of the Keras model's")
     print()
-    for kind in ("train", "inference"):
-        k, r = spread["keras"][kind], spread["reference"][kind]
+    for kind in compared:
+        k, r = spread["keras"][kind], spread["reference"][reference_kind[kind]]
         print(f"range {kind:<10} Keras {k[0]:.1f}-{k[1]:.1f}, reference {r[0]:.1f}-{r[1]:.1f} img/s")
-    for kind in ("train", "inference"):
+    for kind in compared:
         print(f"pair by pair {kind:<10} median {report['pair_ratio_medians'][kind]:.2f}x of "
               + ", ".join(f"{v:.2f}x" for v in pairs[kind]) + " (Keras/reference within each alternation)")
     print(f"Keras input pipeline / Keras training: {ratios['keras_pipeline_over_train']:.1f}x")

@@ -17,6 +17,7 @@ import tempfile
 import numpy as np
 
 from upanets_keras.export import EXTRA_HINT, labels_path
+from upanets_keras.runtime import available_cpus
 
 
 class ArtifactError(ValueError):
@@ -81,7 +82,10 @@ class _LiteRTRunner(_Runner):
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
             raise ArtifactError(f"running .tflite files needs ai-edge-litert: {EXTRA_HINT}") from None
-        self._interpreter = Interpreter(model_path=path)
+        # Without num_threads the interpreter (and its XNNPACK delegate) runs on one thread:
+        # half the speed on a 2-core machine (docs/PERFORMANCE.md).
+        self.num_threads = available_cpus()
+        self._interpreter = Interpreter(model_path=path, num_threads=self.num_threads)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.input_size = int(self._input["shape"][1])

@@ -161,6 +161,40 @@ def prepare_model(filters=16, blocks=1, num_classes=10, batch_size=100, image_si
     return model, tf.constant(images, tf.float32), tf.one_hot(labels, num_classes), policy, jit
 
 
+def time_exported(model, x, formats, warmup, repeats):
+    """Inference timings of `model` exported to each of `formats`, run by the artifact's own runtime.
+
+    The artifact is what `export` writes (float32), loaded as `evaluate` loads it;
+    its logits on `x` are checked against the model's before timing.
+
+    Returns:
+        `{format: {"times": [...], "export_seconds", "max_rel_diff", "threads"}}`.
+    """
+    import tempfile
+
+    from upanets_keras import export
+    from upanets_keras.artifacts import load_artifact
+
+    x = np.asarray(x, np.float32)
+    expected = np.asarray(export.float32_model(model).predict_on_batch(x))
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for format in formats:
+            path = os.path.join(folder, "model" + export.FORMATS[format])
+            start = time.perf_counter()
+            export.write_artifact(model, path, format)
+            export_seconds = time.perf_counter() - start
+            runner = load_artifact(path)
+            diff = export.compare(expected, runner.predict(x, batch_size=len(x)))["max_rel_diff"]
+            results[format] = {
+                "times": time_calls(lambda: runner.predict(x, batch_size=len(x)), warmup, repeats),
+                "export_seconds": export_seconds,
+                "max_rel_diff": diff,
+                "threads": getattr(runner, "num_threads", None),
+            }
+    return results
+
+
 def run_benchmark(
     variant=None,
     filters=16,
@@ -175,6 +209,7 @@ def run_benchmark(
     seed=0,
     cache="memory",
     cache_dir=None,
+    exported=(),
 ):
     """Time a training step, inference and the input pipeline, in images per second.
 
@@ -198,6 +233,9 @@ def run_benchmark(
         seed: seed of the weights and the synthetic data.
         cache: where the input pipeline reads from, `memory` or `disk`.
         cache_dir: the folder a temporary disk cache is written under.
+        exported: also time inference of the model exported to these formats
+            (`litert`, `onnx`, `saved_model`), each run by its own runtime as
+            `evaluate` runs it (needs the `export` extra for litert and onnx).
 
     Returns:
         A dict of the figures and the setup (device, versions, threads).
@@ -212,12 +250,18 @@ def run_benchmark(
         filters, blocks = spec["filters"], spec["blocks"]
     if steps < 1 or warmup < 0:
         raise ValueError(f"`steps` must be >= 1 and `warmup` >= 0. Received: steps={steps}, warmup={warmup}")
+    from upanets_keras.export import FORMATS
+
+    exported = tuple(dict.fromkeys(exported))
+    if not set(exported) <= set(FORMATS):
+        raise ValueError(f"`exported` takes formats from {', '.join(FORMATS)}. Received: exported={exported}")
     model, x, y, policy, jit = prepare_model(
         filters, blocks, num_classes, batch_size, image_size, precision, jit_compile, seed, variant
     )
     train = time_calls(lambda: model.train_on_batch(x, y), warmup, steps)
     infer = time_calls(lambda: model.predict_on_batch(x), warmup, steps)
     pipeline = time_input_pipeline(batch_size, image_size, num_classes, warmup, steps, seed, cache, cache_dir)
+    deployed = time_exported(model, x, exported, warmup, steps)
     rates = {
         "train": images_per_second(batch_size, train),
         "inference": images_per_second(batch_size, infer),
@@ -238,6 +282,10 @@ def run_benchmark(
         "train_step_seconds": statistics.median(train),
         "cifar_epoch_seconds": CIFAR_EPOCH / rates["train"],
         "pipeline_to_train_ratio": rates["input_pipeline"] / rates["train"],
+        "exported": {
+            format: {"images_per_second": images_per_second(batch_size, r.pop("times")), **r}
+            for format, r in deployed.items()
+        },
         "device": device_description(),
         "threads": thread_settings(),
         "runtime": runtime.describe(),
@@ -262,6 +310,12 @@ def format_report(figures):
         f"{'inference':<40}{rates['inference']:>10.1f}",
         f"{'input pipeline (augmented, ' + figures.get('input_cache', 'memory') + ' cache)':<40}"
         f"{rates['input_pipeline']:>10.1f}",
+    ]
+    for format, r in figures.get("exported", {}).items():
+        runtime_threads = f", {r['threads']} threads" if r["threads"] else ""
+        lines.append(f"{'inference, exported ' + format + runtime_threads:<40}{r['images_per_second']:>10.1f}"
+                     f"  (export {r['export_seconds']:.1f} s, logits within {r['max_rel_diff']:.1e} relative)")
+    lines += [
         "",
         f"one training step: {figures['train_step_seconds'] * 1e3:.1f} ms; "
         f"one CIFAR epoch ({CIFAR_EPOCH:,} images): {figures['cifar_epoch_seconds']:.1f} s; "

@@ -40,6 +40,18 @@ def freeze_variables(concrete_function):
     return convert_variables_to_constants_v2(concrete_function)
 
 
+def silence_deprecations():
+    """A context in which TensorFlow prints no "is deprecated" warnings (its TF1 graph tools used by converters).
+
+    Why private: tf2onnx and the freezing above call TF1-era functions that
+    each print a multi-line deprecation warning a user can do nothing about;
+    `deprecation.silence` is how TensorFlow's own code suppresses them.
+    """
+    from tensorflow.python.util import deprecation
+
+    return deprecation.silence()
+
+
 # --- Keras ---------------------------------------------------------------------------------------
 
 def all_sublayers(model):
@@ -193,7 +205,7 @@ def _lookups():
     import keras_tuner
     from tensorflow.python.distribute import collective_all_reduce_strategy, mirrored_strategy
     from tensorflow.python.framework import convert_to_constants
-    from tensorflow.python.util import _pywrap_util_port
+    from tensorflow.python.util import _pywrap_util_port, deprecation
 
     trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
     kt_utils = keras_tuner_distribute()
@@ -211,7 +223,7 @@ def _lookups():
         (keras_tuner.Tuner, "_get_checkpoint_fname"), (keras_tuner.Tuner, "_get_build_config_fname"),
         (oracle, "_random_values"), (oracle, "_compute_values_hash"), (oracle, "_tried_so_far"),
         (oracle, "_max_collisions"), (_pywrap_util_port, "IsMklEnabled"),
-        (convert_to_constants, "convert_variables_to_constants_v2"),
+        (convert_to_constants, "convert_variables_to_constants_v2"), (deprecation, "silence"),
         (keras.optimizers.Optimizer, "_get_variable_index"), (keras.layers.Layer, "_flatten_layers"),
     ]
     return [(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}", hasattr(owner, name))

@@ -140,10 +140,13 @@ def _onnx_bytes(model):
 
 def write_artifact(model, path, format, quantize=None, calibration=None):
     """Write the artifact at `path` (no checks, no verification); see `export_model`."""
+    from upanets_keras import compat
+
     if format == "saved_model":
         _write_saved_model(model, path)
     else:
-        data = _litert_bytes(model, quantize, calibration) if format == "litert" else _onnx_bytes(model)
+        with compat.silence_deprecations():
+            data = _litert_bytes(model, quantize, calibration) if format == "litert" else _onnx_bytes(model)
         with open(path, "wb") as f:
             f.write(data)
     from upanets_keras.saving import class_names_of

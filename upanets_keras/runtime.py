@@ -95,6 +95,14 @@ def cpu_features():
     return {name: name in flags for name in ISA_FLAGS}
 
 
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def onednn_enabled():
     """Whether the loaded TensorFlow runs its oneDNN kernels, asked of TensorFlow itself.
 
