@@ -49,12 +49,29 @@ ARTIFACTS = {"saved_model": "m_saved", "litert": "m.tflite", "onnx": "m.onnx"}
 
 @pytest.fixture(scope="module")
 def exported(workdir):
-    """Each float32 format exported once through the CLI: {format: (path, output)}."""
-    done = {}
-    for fmt, name in ARTIFACTS.items():
-        result = run("export", workdir / "m.keras", "-o", workdir / name, "--format", fmt, "--dataset", "digits")
-        assert result.exit_code == 0, result.output
-        done[fmt] = (workdir / name, result.output)
+    """Each float32 format exported once through the CLI: {format: (path, output)}.
+
+    Also keeps what TensorFlow logged meanwhile under "log" (see the deprecation test).
+    """
+    import logging
+
+    from tensorflow.python.util import deprecation
+
+    done, records = {}, []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    # TensorFlow logs each deprecation warning once per process: forget which were logged.
+    deprecation._PRINTED_WARNING.clear()
+    try:
+        for fmt, name in ARTIFACTS.items():
+            result = run("export", workdir / "m.keras", "-o", workdir / name, "--format", fmt, "--dataset", "digits")
+            assert result.exit_code == 0, result.output
+            done[fmt] = (workdir / name, result.output)
+    finally:
+        logger.removeHandler(handler)
+    done["log"] = [r.getMessage() for r in records]
     return done
 
 
@@ -195,26 +212,6 @@ def test_litert_runs_on_every_cpu(exported, monkeypatch):
     assert seen["num_threads"] == runner.num_threads == available_cpus()
 
 
-def test_export_prints_no_tensorflow_deprecation_noise(workdir, tmp_path):
-    # tf2onnx and the graph freezing call TF1 functions that each log a deprecation warning,
-    # once per process: forget which were logged, so this test sees them whatever ran before.
-    import logging
-
-    from tensorflow.python.util import deprecation
-
-    import upanets_keras
-    from upanets_keras.export import write_artifact
-
-    model = upanets_keras.load_model(workdir / "m.keras")
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("tensorflow")
-    logger.addHandler(handler)
-    deprecation._PRINTED_WARNING.clear()
-    try:
-        write_artifact(model, str(tmp_path / "m.onnx"), "onnx")
-    finally:
-        logger.removeHandler(handler)
-    messages = [r.getMessage() for r in records]
-    assert not [m for m in messages if "deprecated" in m], messages
+def test_export_prints_no_tensorflow_deprecation_noise(exported):
+    # tf2onnx and the graph freezing call TF1 functions that each log a multi-line deprecation warning.
+    assert not [m for m in exported["log"] if "deprecated" in m], exported["log"]

@@ -220,14 +220,26 @@ def test_search_space_file(tmp_path):
         TuneConfig(tuner="grid").resolved()
 
 
+def ended_trials(project):
+    try:
+        return json.loads((project / "oracle.json").read_text())["end_order"]
+    except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+        return []
+
+
 def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     args = CLI + ["tune", *TINY, "--filters", "4,8,12", "--max-trials", "3", "--final-epochs", "0",
                   "--directory", str(tmp_path), "--project-name", "p"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "p" / "trial_0" / "trial.json"
     deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (tmp_path / "p" / "trial_0").exists():
+        time.sleep(0.05)
+    # keras-tuner reloads a project only if this file exists; it is written before the first trial.
+    assert (tmp_path / "p" / "tuner0.json").exists()
     while time.time() < deadline and proc.poll() is None:
-        if first.exists() and json.loads(first.read_text() or "{}").get("status") == "COMPLETED":
+        # A trial is finished for the search once the oracle's state lists it as ended
+        # (its trial.json is written a moment before).
+        if ended_trials(tmp_path / "p"):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the search ended before it could be killed"

@@ -99,6 +99,18 @@ class _ReportingTuner:
             self.report(ended, time.time() - self._trial_start, memory)
 
 
+class _SavedFromTheStart:
+    """Tuner mixin: the project's tuner and oracle files are written before the first trial.
+
+    keras-tuner reloads a project only if the tuner's file exists, and first writes it just
+    after the first trial's result; a search killed in between would start over.
+    """
+
+    def on_search_begin(self):
+        super().on_search_begin()
+        self.save()
+
+
 def _die_with_parent():
     """Linux: a trial process is killed with the search that started it (no orphans)."""
     try:
@@ -182,11 +194,11 @@ class _TrialProcesses:
         return [history]
 
 
-class UPANetsTuner(_TrialProcesses, _ReportingTuner, keras_tuner.Tuner):
+class UPANetsTuner(_TrialProcesses, _SavedFromTheStart, _ReportingTuner, keras_tuner.Tuner):
     """A `keras_tuner.Tuner` for random and Bayesian search."""
 
 
-class UPANetsHyperband(_TrialProcesses, _ReportingTuner, keras_tuner.Hyperband):
+class UPANetsHyperband(_TrialProcesses, _SavedFromTheStart, _ReportingTuner, keras_tuner.Hyperband):
     """Hyperband's trial running (epoch budgets, warm starts) with a given oracle."""
 
     def __init__(self, oracle, **kwargs):
