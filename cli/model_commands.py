@@ -8,6 +8,8 @@ from upanets_keras_cli.common import (
     DATASETS, NORMALIZATIONS, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, user_errors,
 )
 
+EXPORT_FORMATS = ["saved_model", "litert", "onnx"]  # upanets_keras.export.FORMATS, without importing TensorFlow
+
 
 @click.command()
 @click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
@@ -86,7 +88,7 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
 @click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="The artifact: a folder for saved_model, a .tflite file for litert, a .onnx file for onnx.")
-@click.option("--format", "format_", required=True, type=click.Choice(["saved_model", "litert", "onnx"]))
+@click.option("--format", "format_", required=True, type=click.Choice(EXPORT_FORMATS))
 @click.option("--quantize", type=click.Choice(["float16", "int8"]),
               help="LiteRT only. float16: float16 weights; int8: full-integer, calibrated on --dataset.")
 @click.option("--dataset", type=click.Choice(DATASETS), help="Calibration images for --quantize int8 (its training split).")
@@ -158,7 +160,7 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
               help="Where the input pipeline reads its images from: an array in memory, or a disk cache "
                    "(written to a temporary folder under --cache-dir) as `train --cache disk` reads them.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Where the disk cache is written [default: the system's temporary folder].")
-@click.option("--exported", multiple=True, type=click.Choice(["litert", "onnx", "saved_model"]),
+@click.option("--exported", multiple=True, type=click.Choice(EXPORT_FORMATS),
               help="Also time inference of the model exported to this format (repeatable), run by its own "
                    "runtime as `evaluate` runs it; needs the export extra for litert and onnx.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")

@@ -215,3 +215,10 @@ def test_litert_runs_on_every_cpu(exported, monkeypatch):
 def test_export_prints_no_tensorflow_deprecation_noise(exported):
     # tf2onnx and the graph freezing call TF1 functions that each log a multi-line deprecation warning.
     assert not [m for m in exported["log"] if "deprecated" in m], exported["log"]
+
+
+def test_the_cli_offers_every_export_format():
+    from upanets_keras.export import FORMATS
+    from upanets_keras_cli.model_commands import EXPORT_FORMATS
+
+    assert sorted(EXPORT_FORMATS) == sorted(FORMATS)

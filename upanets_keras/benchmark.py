@@ -283,7 +283,8 @@ def run_benchmark(
         "cifar_epoch_seconds": CIFAR_EPOCH / rates["train"],
         "pipeline_to_train_ratio": rates["input_pipeline"] / rates["train"],
         "exported": {
-            format: {"images_per_second": images_per_second(batch_size, r.pop("times")), **r}
+            format: {"images_per_second": images_per_second(batch_size, r["times"]),
+                     **{k: v for k, v in r.items() if k != "times"}}
             for format, r in deployed.items()
         },
         "device": device_description(),
