@@ -43,7 +43,7 @@ def _cross_replica_sum(context, x):
     from upanets_keras import compat
 
     def reduce(value):
-        return compat.all_reduce_in_replica(context, tf.distribute.ReduceOp.SUM, value)
+        return compat.all_reduce_in_replica(context, tf.distribute.ReduceOp.SUM, [value])[0]
 
     # The sum enters the custom gradient as an input: `tf.custom_gradient` walks the graph back
     # from its outputs to its inputs, and a sum computed inside would lead that walk through every

@@ -72,6 +72,9 @@ class ReferenceSGD(keras.optimizers.Optimizer):
             g = buf
         self.assign_sub(variable, ops.multiply(g, lr))
 
+    def _all_reduce_sum_gradients(self, grads_and_vars):  # Keras' hook; why: compat.all_reduce_sum_gradients
+        return compat.all_reduce_sum_gradients(ReferenceSGD, self, grads_and_vars)
+
     def get_config(self):
         config = super().get_config()
         config.update({"momentum": self.momentum, "weight_decay": self.coupled_weight_decay})
