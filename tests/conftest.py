@@ -5,6 +5,9 @@ import tempfile  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Disk caches of the tests (and of the commands they start) never land in the user's ~/.cache.
 os.environ.setdefault("UPANETS_CACHE_DIR", tempfile.mkdtemp(prefix="upanets-test-cache-"))
+# XLA's CPU code generation without LLVM optimisation: the tests check what an XLA run computes and
+# writes, not its speed, and this takes about 30 s off compiling the training step of the tiny models.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import pathlib  # noqa: E402
 

@@ -1,5 +1,8 @@
 """The GPU defaults (mixed_float16 + XLA) on the CPU: a tiny run trains, saves, reloads and evaluates.
 
+It is also the suite's mixed-precision training run (loss scaling, float32 logits, the global
+policy restored afterwards).
+
 Slow on the CPU for a reason outside this project: XLA's CPU compiler spends about a minute on the
 training step's graph (see docs/PERFORMANCE.md), so this is the smallest run that exercises the path.
 """
@@ -22,6 +25,9 @@ def run_dir(tmp_path_factory):
     ])
     assert result.exit_code == 0, result.output
     assert "precision mixed_float16, XLA on" in result.output
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     return out
 
 
@@ -34,12 +40,17 @@ def test_mixed_precision_xla_run_trains_and_records_its_setup(run_dir):
 
 
 def test_mixed_precision_model_reloads_and_evaluates_alike(run_dir):
+    import keras
+
     from upanets_keras import load_model
 
     model = load_model(run_dir / "best.keras")
     policies = {layer.dtype_policy.name for layer in model.layers}
     assert "mixed_float16" in policies
+    assert model.get_layer("stage1_block0_cpa").compute_dtype == "float16"
     assert model.outputs[0].dtype == "float32"  # logits in float32
+    last = keras.saving.load_model(run_dir / "last.keras", safe_mode=True)  # saved with its optimizer
+    assert isinstance(last.optimizer, keras.optimizers.LossScaleOptimizer)
     result = CliRunner().invoke(cli, ["evaluate", str(run_dir / "best.keras"), "--dataset", "digits", "--json"])
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.output[result.output.index("{"):])

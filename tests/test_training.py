@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -103,14 +102,13 @@ def test_finished_run_is_not_overwritten(trained):
     result = run("train", *TINY, "--epochs", 2, "--seed", 3, "-o", out)
     assert result.exit_code == 1 and "finished run" in result.output and "--overwrite" in result.output
     assert (out / "metrics.json").read_text() == before
-    result = run("train", *TINY, "--epochs", 3, "-o", out.parent / "other", "--lr", 0.05)
-    # a different run dir is fine; a different configuration in an unfinished dir is refused:
-    assert result.exit_code == 0, result.output
+    result = run("train", *TINY, "--epochs", 1, "-o", out.parent / "other", "--lr", 0.05)
+    assert result.exit_code == 0, result.output  # another run directory is fine
 
 
 def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     out = tmp_path / "run"
-    args = CLI + ["train", *TINY, "--epochs", "4", "-o", str(out)]
+    args = CLI + ["train", *TINY, "--epochs", "3", "-o", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = out / "backup" / "training_metadata.json"
     deadline = time.time() + 240
@@ -125,11 +123,11 @@ def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     done = json.loads(meta.read_text())["epoch"]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"Resuming {out} after epoch {done} of 4" in result.stdout
-    assert "epoch 1/4" not in result.stdout
-    assert epochs_in(out / "history.csv") == [0, 1, 2, 3]
-    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
-    result = subprocess.run(CLI + ["train", *TINY, "--epochs", "5", "-o", str(out)], capture_output=True, text=True)
+    assert f"Resuming {out} after epoch {done} of 3" in result.stdout
+    assert "epoch 1/3" not in result.stdout
+    assert epochs_in(out / "history.csv") == [0, 1, 2]
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
+    result = subprocess.run(CLI + ["train", *TINY, "--epochs", "4", "-o", str(out)], capture_output=True, text=True)
     assert result.returncode == 1 and "finished run" in result.stderr
 
 
@@ -193,23 +191,6 @@ def test_epoch_cosine_schedule_matches_pytorch_cosine_annealing():
     np.testing.assert_allclose(lrs, np.repeat(expected, 3), rtol=1e-6, atol=1e-8)
     warm = EpochCosineSchedule(0.1, steps_per_epoch=1, epochs=4, warmup_epochs=1)
     np.testing.assert_allclose([float(warm(s)) for s in range(4)], [0.05, 0.1, 0.075, 0.025], rtol=1e-5)
-
-
-def test_mixed_precision_run_scales_the_loss_and_keeps_float32_logits(tmp_path):
-    import keras
-
-    from upanets_keras.training import TrainConfig, train
-
-    config = TrainConfig(dataset="digits", filters=4, image_size=16, batch_size=64, epochs=1,
-                         precision="mixed_float16", output_dir=str(tmp_path / "mp"))
-    metrics = train(config, echo=lambda *_: None)
-    assert np.isfinite(metrics["test_loss"])
-    assert json.loads((tmp_path / "mp" / "config.json").read_text())["precision"] == "mixed_float16"
-    model = keras.saving.load_model(tmp_path / "mp" / "last.keras", safe_mode=True)
-    assert model.get_layer("stage1_block0_cpa").compute_dtype == "float16"
-    assert model.output.dtype == "float32"
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
 def test_run_files_are_written_atomically(tmp_path):
