@@ -22,6 +22,33 @@ def fixtures():
     return FIXTURES
 
 
+TWO_CPUS = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+@pytest.fixture
+def on_two_cpus():
+    """Runs a script in a fresh process whose CPU is split into two logical devices.
+
+    Logical devices must be set before TensorFlow starts, hence the process. The
+    script prints one JSON object as its last line; the fixture returns it.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def run(script, *args):
+        proc = subprocess.run([sys.executable, "-c", TWO_CPUS + script, *args], capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
+
+
 @pytest.fixture(autouse=True)
 def _float32_policy():
     """Every test starts and ends under the float32 policy."""

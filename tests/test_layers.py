@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import pytest
 import keras
@@ -168,8 +166,6 @@ def test_layer_argument_validation():
 
 SYNC_BN_GRADIENTS = """
 import json, numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices('CPU')[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from upanets_keras.layers import ReferenceBatchNormalization
 
@@ -214,16 +210,8 @@ print(json.dumps({
 """
 
 
-def test_synchronized_batchnorm_gradients_over_two_replicas_equal_one_device():
+def test_synchronized_batchnorm_gradients_over_two_replicas_equal_one_device(on_two_cpus):
     """Two replicas of half a batch each, summed, give the gradients of the whole batch on one device."""
-    import json
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", SYNC_BN_GRADIENTS], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = on_two_cpus(SYNC_BN_GRADIENTS)
     assert result["max_diff"] <= 1e-5 * result["scale"], result
     assert result["moving_mean_diff"] < 1e-6, result

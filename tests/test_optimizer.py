@@ -66,8 +66,6 @@ def test_fused_momentum_kernel_matches_the_op_by_op_update(fixtures, monkeypatch
 
 REPLICATED_STEP = """
 import json, sys, numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices('CPU')[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from upanets_keras import ReferenceSGD
 
@@ -110,21 +108,13 @@ print(json.dumps({"max_diff": diff, "keras_all_reduce_calls": len(calls)}))
 
 
 @pytest.mark.parametrize("gradients", ["dense", "sparse"])
-def test_gradients_summed_over_two_replicas_equal_one_device(gradients):
+def test_gradients_summed_over_two_replicas_equal_one_device(on_two_cpus, gradients):
     """Two replicas of half a batch step like one device; dense gradients skip Keras' all-reduce wrapper.
 
     `ReplicaContext.all_reduce` (Keras' way) wraps the sum in a custom gradient
     whose graph walk took 14 s of a tiny model's 86 s first distributed epoch;
     sparse (embedding) gradients keep it.
     """
-    import json
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", REPLICATED_STEP, gradients], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = on_two_cpus(REPLICATED_STEP, gradients)
     assert result["max_diff"] < 1e-6, result
     assert (result["keras_all_reduce_calls"] > 0) == (gradients == "sparse"), result
