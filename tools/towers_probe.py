@@ -101,9 +101,11 @@ def worker(args):
         beta = bn.beta + 0.0 * shift if shift is not None else bn.beta
         return normalise(tf.convert_to_tensor(bn.gamma), tf.convert_to_tensor(beta), *zs)
 
+    batch_norm = split_bn if args.mode == "towers-split-bn" else joint_bn  # over the whole batch
+
     def project(dense, bn, xs):
         zs = [tf.matmul(tf.reshape(x, (-1, x.shape[-1])), tf.cast(dense.kernel, x.dtype)) for x in xs]
-        outs = (split_bn if args.mode == "towers-split-bn" else joint_bn)(bn, zs, shift=dense.bias)
+        outs = batch_norm(bn, zs, shift=dense.bias)
         return [tf.reshape(o, tf.concat([tf.shape(x)[:3], [dense.units]], 0)) for o, x in zip(outs, xs)]
 
     def cpa(layer, inputs):  # ChannelPixelAttention.call in training, its BatchNorms joint
@@ -126,8 +128,7 @@ def worker(args):
             kwargs.pop("training", None)
             if args.mode != "towers-unsynced":
                 if isinstance(op, ReferenceBatchNormalization):
-                    fn = split_bn if args.mode == "towers-split-bn" else joint_bn
-                    return Towers(fn(op, call_args[0].parts))
+                    return Towers(batch_norm(op, call_args[0].parts))
                 if isinstance(op, ChannelPixelAttention):
                     return cpa(op, call_args[0])
             k = next(len(t.parts) for t in keras.tree.flatten(call_args) if isinstance(t, Towers))
