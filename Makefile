@@ -20,7 +20,7 @@ $(BASE_STAMP): setup.cfg setup.py pyproject.toml
 	touch $(BASE_STAMP)
 
 $(STAMP): $(BASE_STAMP)
-	$(BIN)/python -m pip install -q $(TORCH) -e ".[dev,export$(if $(TORCH),$(comma)torch)]"
+	$(BIN)/python -m pip install -q $(TORCH) -e ".[dev,export,jax$(if $(TORCH),$(comma)torch)]"
 	touch $(STAMP)
 
 comma := ,

@@ -53,9 +53,52 @@ def verbose_requested():
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or "TF_CPP_MIN_LOG_LEVEL" in os.environ
 
 
+BACKENDS = ("tensorflow", "jax", "torch")  # upanets_keras.backend.BACKENDS, without importing Keras
+BACKEND_INSTALL = {
+    "tensorflow": "pip install 'upanets-keras[tensorflow]'",
+    "jax": "pip install jax (on an NVIDIA GPU: pip install 'jax[cuda13]')",
+    "torch": "pip install torch",
+}
+
+
+class UsageLine(click.ClickException):
+    """A usage error shown as one line, exit status 2."""
+
+    exit_code = 2
+
+
+def _installed(package):
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ImportError:  # a broken install, or one hidden from this process
+        return False
+
+
+def select_backend(name=None):
+    """Set `KERAS_BACKEND` before Keras loads: `name` (--backend), else the environment's, else the first installed.
+
+    With neither `--backend` nor `KERAS_BACKEND`, Keras would insist on
+    TensorFlow; where it is not installed, JAX or PyTorch is taken instead.
+
+    Returns:
+        The backend's name.
+    """
+    name = name or os.environ.get("KERAS_BACKEND")
+    if name is None:
+        name = next((b for b in BACKENDS if _installed(b)), "tensorflow")
+    if name not in BACKENDS:
+        raise UsageLine(f"unknown backend {name!r} (from KERAS_BACKEND): choose one of {', '.join(BACKENDS)}")
+    if not _installed(name):
+        raise UsageLine(f"the {name} backend is not installed: {BACKEND_INSTALL[name]}")
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != name:
+        raise UsageLine(f"Keras already runs on {sys.modules['keras'].backend.backend()} in this process")
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
 def quiet_tensorflow():
     """Import TensorFlow with its C++ start-up noise hidden; anything else it prints still shows."""
-    if "tensorflow" in sys.modules or verbose_requested():
+    if "tensorflow" in sys.modules or verbose_requested() or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with tempfile.TemporaryFile() as captured:

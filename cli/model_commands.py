@@ -112,6 +112,10 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
 
     Example: upanets-keras export best.keras -o best.tflite --format litert --quantize int8 --dataset digits
     """
+    if os.environ.get("KERAS_BACKEND") != "tensorflow":
+        raise click.ClickException(
+            f"export converts with TensorFlow, and this runs the {os.environ.get('KERAS_BACKEND')} backend: run "
+            "upanets-keras --backend tensorflow export ... (a model trained on any backend exports)")
     from upanets_keras.export import check_request, export_model
 
     calibration = None

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import keras
 
 from conftest import REFERENCE_FIXTURES
@@ -11,7 +10,8 @@ from upanets_keras.weights import infer_config, read_state_dict, reference_mappi
 
 
 def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(b))
+    a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def load_fixture(fixtures, name):
@@ -45,13 +45,13 @@ def test_sgd_step_reproduces_loss_weights_and_statistics(fixtures, name):
     before = {k: conv(data[f"before/{k}"]) for k, _, conv in mapping}
     after = {k: conv(data[f"after/{k}"]) for k, _, conv in mapping}
     model(x, training=True)  # the fixture's train-mode logits pass also moved the running stats
-    optimizer = ReferenceSGD(0.1, momentum=0.9, weight_decay=5e-4)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    # Keras' own training step on every backend (no GradientTape): loss before the update, then the update.
+    model.compile(optimizer=ReferenceSGD(0.1, momentum=0.9, weight_decay=5e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
     variables = model.trainable_variables
     for step in range(steps):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(data["y"], model(x, training=True))
-        optimizer.apply(tape.gradient(loss, variables), variables)
+        model.reset_metrics()
+        loss = model.train_on_batch(x, data["y"])
         assert abs(float(loss) - data["losses"][step]) / data["losses"][step] < 1e-5
     trainable = [(k, v) for k, v, _ in mapping if v.trainable]
     statistics = [(k, v) for k, v, _ in mapping if not v.trainable]
@@ -60,10 +60,10 @@ def test_sgd_step_reproduces_loss_weights_and_statistics(fixtures, name):
     def update(pairs, source):
         return np.concatenate([(np.asarray(source(k, v)) - before[k]).ravel() for k, v in pairs])
 
-    ours = update(trainable, lambda k, v: v.numpy())
+    ours = update(trainable, lambda k, v: keras.ops.convert_to_numpy(v))
     theirs = update(trainable, lambda k, v: after[k])
     assert rel(ours, theirs) < STEP_TOLERANCE[name]
-    ours = update(statistics, lambda k, v: v.numpy())
+    ours = update(statistics, lambda k, v: keras.ops.convert_to_numpy(v))
     theirs = update(statistics, lambda k, v: after[k])
     assert rel(ours, theirs) < 1e-4
 
@@ -74,12 +74,14 @@ def test_pth_checkpoint_with_module_prefix(fixtures):
     data, from_npz, x, _ = load_fixture(fixtures, name)
     model = build_upanets(filters=4, num_classes=10)
     load_reference_weights(model, fixtures / f"{name}.ckpt.pth")
-    np.testing.assert_array_equal(model(x, training=False), from_npz(x, training=False))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(x, training=False)),
+                                  keras.ops.convert_to_numpy(from_npz(x, training=False)))
     state = read_state_dict(fixtures / f"{name}.ckpt.pth")
     assert not any(k.startswith("module.") for k in state)
     assert infer_config(state) == (4, 1, 10, 32)
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch is the running backend")
 def test_pth_without_torch_says_how_to_fix(fixtures, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     with pytest.raises(CheckpointError, match=r"upanets-keras\[torch\]"):

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from upanets_keras.export import EXTRA_HINT, labels_path
+from upanets_keras.formats import EXTRA_HINT, labels_path
 from upanets_keras.runtime import available_cpus
 
 

@@ -1,16 +1,16 @@
 """Throughput of UPANets training, inference and the input pipeline on this machine."""
 
+import itertools
 import os
-import platform
 import statistics
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from upanets_keras import backend, runtime
 from upanets_keras import data as data_lib
-from upanets_keras import runtime
+from upanets_keras.data.inputs import uses_tf_data
 from upanets_keras.model import build_upanets
 from upanets_keras.training import (
     TrainConfig,
@@ -27,32 +27,31 @@ PIPELINE_BATCHES = 10  # batches per input-pipeline timing
 
 
 def device_description():
-    """A short description of the device TensorFlow computes on (first GPU, else the CPU)."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)} (x{len(gpus)})"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {name}, {os.cpu_count()} logical cores"
+    """A short description of the device the backend computes on (first GPU, else the CPU)."""
+    gpu = backend.gpu_name()
+    if gpu:
+        return f"GPU: {gpu}"
+    return f"CPU: {runtime.cpu_model()}, {os.cpu_count()} logical cores"
 
 
 def thread_settings():
-    """TensorFlow's thread pools (0 = TensorFlow's default, one thread per core) and oneDNN.
+    """The backend's thread pools (0 = its default, one thread per core) and, under TensorFlow, oneDNN.
 
     `onednn` is what TensorFlow reports (`True`/`False`, `None` if it cannot
-    tell), not the environment variable.
+    tell or another backend runs), not the environment variable.
     """
-    return {
-        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-        "cpu_count": os.cpu_count(),
-        "onednn": runtime.onednn_enabled(),
-    }
+    name = backend.name()
+    inter = intra = 0
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        inter = tf.config.threading.get_inter_op_parallelism_threads()
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+    elif name == "torch":
+        import torch
+
+        inter, intra = torch.get_num_interop_threads(), torch.get_num_threads()
+    return {"inter_op": inter, "intra_op": intra, "cpu_count": os.cpu_count(), "onednn": runtime.onednn_enabled()}
 
 
 def images_per_second(images, times):
@@ -94,9 +93,10 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
                         cache_dir=None):
     """Seconds per `PIPELINE_BATCHES` batches of the training input pipeline.
 
-    The path `train` builds: images cached on the CPU (or, with
-    ``cache="disk"``, read from a memory-mapped disk cache), stateless random
-    crop and flip per (seed, epoch, step), one-hot labels, prefetch; on
+    The path `train` builds on the running backend (tf.data under TensorFlow,
+    the PyDataset elsewhere, read here in one thread): images cached on the
+    CPU (or, with ``cache="disk"``, read from a memory-mapped disk cache),
+    random crop and flip per (seed, epoch, step), one-hot labels; on
     synthetic uint8 images.
 
     Returns:
@@ -108,8 +108,6 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
     import contextlib
     import tempfile
 
-    from upanets_keras.data.pipeline import one_hot
-
     x, y = _synthetic_batch(batch_size * 50, image_size, num_classes, seed)
     info = data_lib.DatasetInfo(
         name="synthetic", num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
@@ -119,8 +117,8 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
     with tempfile.TemporaryDirectory(dir=cache_dir) if disk else contextlib.nullcontext() as folder:
         if disk:
             x, y = _disk_cached(x, y, folder)
-        dataset = one_hot(data_lib.make_train_dataset(x, y, info, batch_size, seed=seed), num_classes)
-        iterator = iter(dataset)
+        dataset = data_lib.train_input(x, y, info, batch_size, seed=seed)
+        iterator = iter(dataset) if uses_tf_data() else (dataset[i] for i in itertools.count())
 
         def take():
             for _ in range(PIPELINE_BATCHES):
@@ -158,7 +156,7 @@ def prepare_model(filters=16, blocks=1, num_classes=10, batch_size=100, image_si
     )
     compile_for_training(model, config, CIFAR_EPOCH // batch_size, jit, policy)
     images, labels = _synthetic_batch(batch_size, image_size, num_classes, seed)
-    return model, tf.constant(images, tf.float32), tf.one_hot(labels, num_classes), policy, jit
+    return model, images.astype(np.float32), np.eye(num_classes, dtype=np.float32)[labels], policy, jit
 
 
 def time_exported(model, x, formats, warmup, repeats):
@@ -170,6 +168,8 @@ def time_exported(model, x, formats, warmup, repeats):
     Returns:
         `{format: {"times": [...], "export_seconds", "max_rel_diff", "threads"}}`.
     """
+    if not formats:
+        return {}
     import tempfile
 
     from upanets_keras import export
@@ -250,15 +250,21 @@ def run_benchmark(
         filters, blocks = spec["filters"], spec["blocks"]
     if steps < 1 or warmup < 0:
         raise ValueError(f"`steps` must be >= 1 and `warmup` >= 0. Received: steps={steps}, warmup={warmup}")
-    from upanets_keras.export import FORMATS
+    from upanets_keras.formats import FORMATS
 
     exported = tuple(dict.fromkeys(exported))
     if not set(exported) <= set(FORMATS):
         raise ValueError(f"`exported` takes formats from {', '.join(FORMATS)}. Received: exported={exported}")
+    if exported and backend.name() != "tensorflow":
+        raise backend.BackendError("timing exported artifacts needs the TensorFlow backend (export writes them with "
+                                   f"TensorFlow): run it with --backend tensorflow. Received: exported={exported}")
     model, x, y, policy, jit = prepare_model(
         filters, blocks, num_classes, batch_size, image_size, precision, jit_compile, seed, variant
     )
-    train = time_calls(lambda: model.train_on_batch(x, y), warmup, steps)
+    start = time.perf_counter()
+    model.train_on_batch(x, y)  # traces and compiles the step
+    first_step = time.perf_counter() - start
+    train = time_calls(lambda: model.train_on_batch(x, y), max(warmup - 1, 0), steps)
     infer = time_calls(lambda: model.predict_on_batch(x), warmup, steps)
     pipeline = time_input_pipeline(batch_size, image_size, num_classes, warmup, steps, seed, cache, cache_dir)
     deployed = time_exported(model, x, exported, warmup, steps)
@@ -280,6 +286,7 @@ def run_benchmark(
         "input_cache": cache,
         "images_per_second": rates,
         "train_step_seconds": statistics.median(train),
+        "first_train_step_seconds": first_step,
         "cifar_epoch_seconds": CIFAR_EPOCH / rates["train"],
         "pipeline_to_train_ratio": rates["input_pipeline"] / rates["train"],
         "exported": {
@@ -318,7 +325,8 @@ def format_report(figures):
                      f"  (export {r['export_seconds']:.1f} s, logits within {r['max_rel_diff']:.1e} relative)")
     lines += [
         "",
-        f"one training step: {figures['train_step_seconds'] * 1e3:.1f} ms; "
+        f"one training step: {figures['train_step_seconds'] * 1e3:.1f} ms (the first, compiling: "
+        f"{figures['first_train_step_seconds']:.1f} s); "
         f"one CIFAR epoch ({CIFAR_EPOCH:,} images): {figures['cifar_epoch_seconds']:.1f} s; "
         f"input pipeline / training: {figures['pipeline_to_train_ratio']:.1f}x",
         f"device: {figures['device']}"
@@ -326,6 +334,6 @@ def format_report(figures):
         f"threads: inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default), "
         f"{threads['cpu_count']} cores",
         runtime.summary(figures["runtime"]),
-        f"TensorFlow {v['tensorflow']}, Keras {v['keras']}, Python {v['python']}",
+        f"backend {v['backend']} {v[v['backend']]}, Keras {v['keras']}, Python {v['python']}",
     ]
     return "\n".join(lines)

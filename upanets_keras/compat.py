@@ -9,8 +9,6 @@ than in a user's run.
 
 import importlib
 
-import tensorflow as tf
-
 TESTED_WITH = {"tensorflow": "2.21.0", "keras": "3.15.1", "keras_tuner": "1.4.8"}
 
 
@@ -85,6 +83,8 @@ def all_reduce_in_replica(context, op, values):
     own reduction, reached through `extended._use_merge_call` and
     `extended._replica_ctx_all_reduce`, has no such wrapper.
     """
+    import tensorflow as tf
+
     extended = context.strategy.extended
     values = list(values)
     if extended._use_merge_call():
@@ -103,6 +103,8 @@ def all_reduce_sum_gradients(cls, optimizer, grads_and_vars):
     differentiated again, so the wrapper is dead weight; sparse gradients keep
     Keras' path.
     """
+    import tensorflow as tf
+
     context = tf.distribute.get_replica_context()
     grads_and_vars = list(grads_and_vars)
     present = [i for i, (g, _) in enumerate(grads_and_vars) if g is not None]
@@ -134,6 +136,8 @@ def stop_peer_health_checks(strategy):
 
 def shard_by_data(dataset):
     """Shard batches, not files, across workers (the pipelines read no files). Public API."""
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
@@ -165,6 +169,8 @@ def patch_keras_multiworker_logs():
     metrics ("Invalid reduction dimension 0 for input with 0 dimensions");
     scalars are averaged with `axis=None` instead, as MirroredStrategy does.
     """
+    import tensorflow as tf
+
     trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
     original = trainer.reduce_per_replica
     if getattr(original, "patched_by_upanets", False):

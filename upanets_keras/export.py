@@ -20,22 +20,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-FORMATS = {"saved_model": "", "litert": ".tflite", "onnx": ".onnx"}
+from upanets_keras.formats import EXTRA_HINT, FORMATS, labels_path  # noqa: F401 (re-exported)
+
 QUANTIZATIONS = ("float16", "int8")
 ONNX_OPSET = 17
-EXTRA_HINT = 'pip install "upanets-keras[export]"'
 
 
 class ExportError(ValueError):
     """An export that cannot be made, or an artifact that does not compute the model's function."""
-
-
-def labels_path(path):
-    """Where the class names of the artifact at `path` go (for a SavedModel: inside it)."""
-    path = os.fspath(path)
-    if os.path.isdir(path) or not os.path.splitext(path)[1]:
-        return os.path.join(path, "assets", "labels.txt")
-    return os.path.splitext(path)[0] + ".labels.txt"
 
 
 def check_request(path, format, quantize=None, calibration=None):

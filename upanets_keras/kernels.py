@@ -8,7 +8,6 @@ what each is worth).
 """
 
 import keras
-import tensorflow as tf
 
 FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -53,6 +52,8 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
     Example:
     >>> y, m, v = fused_batch_norm(tf.ones((2, 3)), tf.ones(3), tf.zeros(3), None, None, 1e-5, True)
     """
+    import tensorflow as tf
+
     rank2 = x.shape.rank == 2
     if rank2:
         x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
@@ -98,6 +99,7 @@ def layer_norm(x, epsilon):
     >>> layer_norm(tf.ones((2, 4, 4, 3)), 1e-5).shape
     TensorShape([2, 4, 4, 3])
     """
+    import tensorflow as tf
 
     @tf.custom_gradient
     def normalise(flat):

@@ -3,7 +3,6 @@
 import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from upanets_keras import compat
@@ -63,6 +62,8 @@ class ReferenceSGD(keras.optimizers.Optimizer):
                 # One kernel for `buf = momentum * buf + g; p -= lr * buf` instead of five ops and
                 # their variable reads: the step updates ~250 mostly tiny variables, so per-op
                 # overhead dominates (docs/PERFORMANCE.md).
+                import tensorflow as tf
+
                 tf.raw_ops.ResourceApplyMomentum(
                     var=_tf_variable(variable).handle, accum=_tf_variable(buf).handle, lr=lr, grad=g,
                     momentum=ops.cast(self.momentum, variable.dtype), use_locking=False, use_nesterov=False,
@@ -73,6 +74,8 @@ class ReferenceSGD(keras.optimizers.Optimizer):
         self.assign_sub(variable, ops.multiply(g, lr))
 
     def _all_reduce_sum_gradients(self, grads_and_vars):  # Keras' hook; why: compat.all_reduce_sum_gradients
+        if keras.backend.backend() != "tensorflow":
+            return super()._all_reduce_sum_gradients(grads_and_vars)
         return compat.all_reduce_sum_gradients(ReferenceSGD, self, grads_and_vars)
 
     def get_config(self):
@@ -89,6 +92,8 @@ def _fusable(variable, gradient):
     """Whether TensorFlow's fused momentum kernel can update `variable` (a dense TF resource variable)."""
     if keras.backend.backend() != "tensorflow":
         return False
+    import tensorflow as tf
+
     return isinstance(gradient, tf.Tensor) and hasattr(_tf_variable(variable), "handle")
 
 

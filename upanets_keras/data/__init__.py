@@ -1,4 +1,4 @@
-"""Datasets: loading them into splits of decoded images, and the tf.data pipelines that read them.
+"""Datasets: loading them into splits of decoded images, and the pipelines that read them.
 
 Every dataset is decoded once into uint8 NHWC RGB images, kept in memory or
 in a memory-mapped cache on disk (``cache``). The pipelines built from them
@@ -33,7 +33,8 @@ from upanets_keras.data.images import (
     list_image_files,
     load_image_files,
 )
-from upanets_keras.data.pipeline import make_eval_dataset, make_train_dataset, steps_per_epoch
+from upanets_keras.data.draws import steps_per_epoch
+from upanets_keras.data.inputs import eval_input, train_input
 from upanets_keras.data.registry import LoadRequest, canonical_name, dataset_names, loader, register_dataset
 from upanets_keras.data.source import assemble
 from upanets_keras.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN, CIFAR_STD
@@ -54,9 +55,19 @@ __all__ = [
     "CACHE_MODES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_MEAN", "CIFAR_STD", "CachedImages",
     "DATASET_NAMES", "DataError", "DatasetInfo", "FIXED_TEST_SPLIT_SEED", "IMAGENET_MEAN", "IMAGENET_STD",
     "IMAGE_EXTENSIONS", "Splits", "canonical_name", "channel_stats", "concatenate", "decode_image_files",
-    "host_reachable", "list_image_files", "load_image_files", "load_splits", "make_eval_dataset",
-    "make_train_dataset", "register_dataset", "steps_per_epoch", "stratified_split",
+    "eval_input", "host_reachable", "list_image_files", "load_image_files", "load_splits", "make_eval_dataset",
+    "make_train_dataset", "register_dataset", "steps_per_epoch", "stratified_split", "train_input",
 ]
+_TF_DATA = ("make_train_dataset", "make_eval_dataset")
+
+
+def __getattr__(name):
+    """The tf.data pipelines, imported (with TensorFlow) only when asked for."""
+    if name in _TF_DATA:
+        from upanets_keras.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_fraction(value, what, flag):

@@ -7,8 +7,6 @@ import socket
 import threading
 import time
 
-import tensorflow as tf
-
 from upanets_keras import compat
 
 PEER_TIMEOUT_ENV = "UPANETS_PEER_TIMEOUT"
@@ -223,6 +221,8 @@ def wait_for_peers(cluster, timeout):
 
 def multiworker_strategy(timeout):
     """`MultiWorkerMirroredStrategy` over the `TF_CONFIG` cluster, once every peer answers."""
+    import tensorflow as tf
+
     cluster = parse_tf_config()
     wait_for_peers(cluster, timeout)
     # Last resort against a hang TensorFlow cannot be interrupted in (e.g. a peer

@@ -1,20 +1,21 @@
 """Everything a training run does only because there are several replicas or workers, behind one door.
 
 `Distribution.start(config)` returns a `Distribution` whose every method is
-trivial on one device, or a `ReplicatedDistribution` that agrees on where to
-resume, reads only its replicas' part of each global batch, synchronises
-BatchNorm, and compares the workers' weights at the end.
+trivial on one device (any backend); under TensorFlow a
+`ReplicatedDistribution` that agrees on where to resume, reads only its
+replicas' part of each global batch, synchronises BatchNorm, and compares
+the workers' weights at the end; under JAX a `DataParallelDistribution`
+(`keras.distribution.DataParallel` over the local devices).
 """
 
+import contextlib
 import os
 import re
 
 import keras
-import tensorflow as tf
 
 from upanets_keras import compat
-from upanets_keras.data import make_eval_dataset, make_train_dataset
-from upanets_keras.data.pipeline import one_hot
+from upanets_keras.data import eval_input, train_input
 from upanets_keras.distribute.cluster import DistributeError
 from upanets_keras.distribute.strategies import (
     describe,
@@ -28,22 +29,25 @@ from upanets_keras.distribute.strategies import (
     weights_digest,
 )
 
-_LOST_CONTACT = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
-                 tf.errors.InternalError)
+ONE_DEVICE = {"strategy": "one", "replicas": 1, "workers": 1, "rank": 0, "chief": True}
+ONLY_TENSORFLOW = ("--strategy multiworker needs the TensorFlow backend (KERAS_BACKEND=tensorflow); JAX runs "
+                   "several local devices with --strategy mirrored, PyTorch one device")
 
 
 class Distribution:
     """One device: the run's batch and learning rate as given, and nothing else to do.
 
     Args:
-        strategy: the `tf.distribute.Strategy`.
+        strategy: the `tf.distribute.Strategy` (TensorFlow), or None on another backend.
         batch_size, batch_mode, lr, lr_scaling, sync_batchnorm: as in `TrainConfig`.
+        role: `describe(strategy)`'s dict (default: one device, or the strategy's).
     """
 
     replicated = False  # several replicas or workers: the run files say how it was spread
 
-    def __init__(self, strategy, batch_size, batch_mode="global", lr=0.1, lr_scaling="linear", sync_batchnorm=True):
-        role = describe(strategy)
+    def __init__(self, strategy, batch_size, batch_mode="global", lr=0.1, lr_scaling="linear", sync_batchnorm=True,
+                 role=None):
+        role = role or (describe(strategy) if strategy is not None else ONE_DEVICE)
         self.strategy = strategy
         self.name, self.replicas, self.workers = role["strategy"], role["replicas"], role["workers"]
         self.rank, self.is_chief = role["rank"], role["chief"]
@@ -53,11 +57,29 @@ class Distribution:
 
     @staticmethod
     def start(config):
-        """The distribution of a `TrainConfig`; call it before any other TensorFlow work."""
-        strategy = make_strategy(config.strategy)
-        several = strategy.num_replicas_in_sync > 1 or is_multiworker(strategy)
-        return (ReplicatedDistribution if several else Distribution)(
-            strategy, config.batch_size, config.batch_mode, config.lr, config.lr_scaling, config.sync_batchnorm)
+        """The distribution of a `TrainConfig` on the running backend; call it before any other TensorFlow work."""
+        rules = (config.batch_size, config.batch_mode, config.lr, config.lr_scaling, config.sync_batchnorm)
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            strategy = make_strategy(config.strategy)
+            several = strategy.num_replicas_in_sync > 1 or is_multiworker(strategy)
+            return (ReplicatedDistribution if several else Distribution)(strategy, *rules)
+        if config.strategy == "multiworker":
+            raise DistributeError(ONLY_TENSORFLOW)
+        if backend == "jax" and DataParallelDistribution.wanted(config.strategy):
+            return DataParallelDistribution(None, *rules)
+        if backend != "jax" and config.strategy == "mirrored":
+            raise DistributeError(f"--strategy mirrored runs on TensorFlow or JAX; the {backend} backend trains on "
+                                  "one device: use --strategy one")
+        return Distribution(None, *rules)
+
+    @staticmethod
+    def for_strategy(strategy, batch_size):
+        """The distribution of a model under `--strategy` with a global batch (a tune trial, tune's retraining)."""
+        import types
+
+        return Distribution.start(types.SimpleNamespace(strategy=strategy, batch_size=batch_size, batch_mode="global",
+                                                        lr=1.0, lr_scaling="none", sync_batchnorm=True))
 
     @property
     def batch(self):
@@ -88,18 +110,22 @@ class Distribution:
         return run.backup_epoch()
 
     def scope(self):
-        return self.strategy.scope()
+        """Where the model is built and compiled."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def fit_scope(self):
+        """Where `fit` and `evaluate` run."""
+        return contextlib.nullcontext()
 
     def prepare_model(self, model):
         """Called inside `scope()` once the model is built."""
 
     def train_dataset(self, x, y, info, seed, first_epoch):
         """The one-hot training stream of global batches."""
-        return one_hot(make_train_dataset(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch),
-                       info.num_classes)
+        return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch)
 
     def eval_dataset(self, x, y, num_classes):
-        return one_hot(make_eval_dataset(x, y, self.global_batch), num_classes)
+        return eval_input(x, y, self.global_batch, num_classes)
 
     def before_fit(self, model, info):
         """Called between compiling and `fit`."""
@@ -119,7 +145,8 @@ class Distribution:
             compile_model: compiles a freshly loaded model with the recipe.
         """
         model.load_weights(best_path)
-        return model.evaluate(self.eval_dataset(*test, num_classes), verbose=0, return_dict=True)
+        with self.fit_scope():
+            return model.evaluate(self.eval_dataset(*test, num_classes), verbose=0, return_dict=True)
 
     def finish(self, model, echo):
         """End-of-run checks; their results for `metrics.json` ({} on one device)."""
@@ -165,9 +192,8 @@ class ReplicatedDistribution(Distribution):
     def _local_dataset(self, x, y, info, seed, first_epoch, pipeline=0, pipelines=1):
         local = self.replicas // pipelines
         shards = range(pipeline * local, (pipeline + 1) * local)
-        ds = make_train_dataset(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, shards=shards,
-                                num_shards=self.replicas)
-        return one_hot(ds, info.num_classes)
+        return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, shards=shards,
+                           num_shards=self.replicas)
 
     def train_dataset(self, x, y, info, seed, first_epoch):
         """Each worker reads and augments only its replicas' slices of every global batch."""
@@ -180,12 +206,18 @@ class ReplicatedDistribution(Distribution):
 
     def before_fit(self, model, info):
         if is_multiworker(self.strategy):
+            import tensorflow as tf
+
             part, size = self.global_batch // self.replicas, info.image_size
             batch = (tf.zeros([part, size, size, 3]), tf.one_hot(tf.zeros([part], tf.int32), info.num_classes))
             compat.build_before_multiworker_fit(model, self.strategy, batch)
 
     def fit_failure(self, error):
-        if self.workers == 1 or not isinstance(error, _LOST_CONTACT):
+        import tensorflow as tf
+
+        lost_contact = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+                        tf.errors.InternalError)
+        if self.workers == 1 or not isinstance(error, lost_contact):
             return None
         reason = re.sub(r"\{\{.*?\}\}\s*", "", str(error).strip().splitlines()[0])[:160]
         return DistributeError(
@@ -199,8 +231,7 @@ class ReplicatedDistribution(Distribution):
         # the other workers no longer join, so a plain copy is evaluated instead.
         best = keras.saving.load_model(best_path, safe_mode=True)
         compile_model(best)
-        return best.evaluate(one_hot(make_eval_dataset(*test, self.global_batch), num_classes), verbose=0,
-                             return_dict=True)
+        return best.evaluate(eval_input(*test, self.global_batch, num_classes), verbose=0, return_dict=True)
 
     def finish(self, model, echo):
         spread = replica_spread(model)
@@ -211,3 +242,45 @@ class ReplicatedDistribution(Distribution):
         if is_multiworker(self.strategy):
             compat.stop_peer_health_checks(self.strategy)  # peers may now exit; nothing else is shared
         return {"replica_spread": spread, "weights_sha256": digest, "workers_agree": agree}
+
+
+class DataParallelDistribution(Distribution):
+    """JAX: `keras.distribution.DataParallel` over the local devices, one global batch split between them.
+
+    The training step is one program over the whole (sharded) batch, so
+    BatchNorm's statistics are those of the global batch, as on one device.
+    """
+
+    replicated = True
+
+    def __init__(self, strategy, batch_size, batch_mode="global", lr=0.1, lr_scaling="linear", sync_batchnorm=True):
+        self.keras_distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+        replicas = len(keras.distribution.list_devices())
+        role = {**ONE_DEVICE, "strategy": "mirrored", "replicas": replicas}
+        super().__init__(None, batch_size, batch_mode, lr, lr_scaling, sync_batchnorm, role=role)
+        self.sync_batchnorm = replicas > 1  # the batch is one array: BatchNorm always sees all of it
+
+    @staticmethod
+    def wanted(strategy):
+        """`mirrored`, or `auto` with more than one GPU."""
+        if strategy == "mirrored":
+            return True
+        return strategy == "auto" and len([d for d in keras.distribution.list_devices() if "gpu" in d.lower()]) > 1
+
+    def scope(self):
+        return self.keras_distribution.scope()
+
+    def fit_scope(self):
+        return self.keras_distribution.scope()
+
+    def eval_dataset(self, x, y, num_classes):
+        from upanets_keras.data.batches import EvalBatches
+
+        return EvalBatches(x, y, self.global_batch, num_classes=num_classes, multiple_of=self.replicas)
+
+    def description(self):
+        return (f"mirrored (JAX DataParallel): {self.replicas} devices, global batch {self.global_batch} "
+                f"({self.global_batch // self.replicas} per device), lr {self.lr:g}, BatchNorm over the global batch")
+
+    def finish(self, model, echo):
+        return {}

@@ -11,7 +11,6 @@
 import hashlib
 
 import numpy as np
-import tensorflow as tf
 
 from upanets_keras.distribute.cluster import DistributeError, multiworker_strategy, parse_tf_config, peer_timeout
 
@@ -22,6 +21,8 @@ LR_SCALINGS = ("linear", "none")
 
 def local_devices():
     """The logical GPUs, or the logical CPUs when there is no GPU."""
+    import tensorflow as tf
+
     return tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
 
 
@@ -42,6 +43,8 @@ def make_strategy(name="auto"):
     >>> make_strategy("one").num_replicas_in_sync
     1
     """
+    import tensorflow as tf
+
     if name not in STRATEGIES:
         raise DistributeError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "auto":
@@ -56,6 +59,8 @@ def make_strategy(name="auto"):
 
 
 def is_multiworker(strategy):
+    import tensorflow as tf
+
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -66,6 +71,8 @@ def describe(strategy):
     >>> describe(tf.distribute.get_strategy())["replicas"]
     1
     """
+    import tensorflow as tf
+
     workers, rank = 1, 0
     if is_multiworker(strategy):
         spec = strategy.cluster_resolver.cluster_spec()
@@ -169,6 +176,8 @@ def gather_from_workers(strategy, values):
     >>> gather_from_workers(tf.distribute.get_strategy(), [3, 4])
     [[3, 4]]
     """
+    import tensorflow as tf
+
     if not is_multiworker(strategy):
         return [list(values)]
     local = tf.constant([values], tf.int64)

@@ -10,14 +10,12 @@ import dataclasses
 import os
 
 import keras
-import tensorflow as tf
 
+from upanets_keras import backend, faults, runtime
 from upanets_keras import data as data_lib
-from upanets_keras import faults, runtime
-from upanets_keras.data.pipeline import one_hot
 from upanets_keras.distribute import Distribution
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
-from upanets_keras.training.callbacks import AtomicCheckpoint, EpochSummary, NaNGuard, Throughput
+from upanets_keras.training.callbacks import AtomicCheckpoint, EpochSummary, NaNGuard, Throughput, tensorboard_callback
 from upanets_keras.training.config import (
     JIT_CHOICES,
     PRECISIONS,
@@ -35,7 +33,7 @@ from upanets_keras.variants import count_parameters
 __all__ = [
     "AtomicCheckpoint", "EpochSummary", "JIT_CHOICES", "NaNGuard", "PRECISIONS", "RUN_FILES", "RunDirectory",
     "Throughput", "TrainConfig", "TrainingError", "build_model", "compile_for_training", "fit", "has_gpu",
-    "one_hot", "resolve_jit", "resolve_precision", "train", "versions",
+    "resolve_jit", "resolve_precision", "train", "versions",
 ]
 
 
@@ -115,7 +113,7 @@ def record_config(config, distribution, run, splits):
     payload = {"run": dataclasses.asdict(config), "precision": resolve_precision(config.precision),
                "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
                "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
-               "devices": [d.name for d in tf.config.list_logical_devices()]}
+               "devices": backend.devices()}
     if distribution.replicated:
         payload["distribution"] = distribution.summary()
     run.write_json("config.json", payload)
@@ -155,7 +153,7 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
                              initial_value_threshold=run.trim_history(first_epoch)),
             AtomicCheckpoint(run.file("last.keras")),
             keras.callbacks.CSVLogger(run.file("history.csv"), append=True),
-            keras.callbacks.TensorBoard(run.file("logs")),
+            tensorboard_callback(run.file("logs")),
         ]
     callbacks += [
         throughput,
@@ -170,8 +168,9 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
     val_ds = distribution.eval_dataset(*splits.val, info.num_classes)
     distribution.before_fit(model, info)
     try:
-        fit(model, train_ds, config.epochs, steps, validation_data=val_ds, callbacks=callbacks,
-            verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
+        with distribution.fit_scope():
+            fit(model, train_ds, config.epochs, steps, validation_data=val_ds, callbacks=callbacks,
+                verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
     except KeyboardInterrupt:
         raise TrainingError(
             f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"

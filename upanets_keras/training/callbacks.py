@@ -1,6 +1,7 @@
 """The callbacks of a training run: checkpoints, NaN guard, throughput, one line per epoch."""
 
 import math
+import os
 import time
 
 import keras
@@ -94,3 +95,50 @@ class EpochSummary(keras.callbacks.Callback):
             f"acc {logs.get('accuracy', float('nan')):.4f}  {val}lr {self.lr:.5f}  "
             f"{time.perf_counter() - self.start:.1f}s"
         )
+
+
+class EpochScalars(keras.callbacks.Callback):
+    """TensorBoard event files of each epoch's metrics, written without TensorFlow (JAX, PyTorch).
+
+    The files and tags of `keras.callbacks.TensorBoard` (`train/` and
+    `validation/`, `epoch_loss`, `epoch_accuracy`, ...), through the
+    `tensorboard` package's own event writer.
+
+    Args:
+        log_dir: the logs folder.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self.writers = {}
+
+    def _writer(self, split):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        if split not in self.writers:
+            self.writers[split] = EventFileWriter(os.path.join(self.log_dir, split))
+        return self.writers[split]
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=f"epoch_{name}",
+                                                                           simple_value=float(value))])
+            self._writer(split).add_event(event_pb2.Event(wall_time=time.time(), step=epoch, summary=summary))
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
+
+
+def tensorboard_callback(log_dir):
+    """Keras' `TensorBoard` under TensorFlow; `EpochScalars` on the other backends."""
+    if keras.backend.backend() == "tensorflow":
+        return keras.callbacks.TensorBoard(log_dir)
+    return EpochScalars(log_dir)

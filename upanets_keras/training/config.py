@@ -82,9 +82,9 @@ class TrainConfig:
 
 
 def has_gpu():
-    import tensorflow as tf
+    from upanets_keras import backend
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return backend.has_gpu()
 
 
 def resolve_precision(precision):
@@ -95,8 +95,17 @@ def resolve_precision(precision):
 
 
 def resolve_jit(jit_compile):
-    """`auto` turns XLA on for a GPU only (on the CPU it is slower for this network)."""
-    return {"on": True, "off": False}.get(jit_compile, has_gpu())
+    """`auto`: always on JAX (unjitted JAX runs op by op); elsewhere on a GPU only.
+
+    TensorFlow's XLA is slower than its oneDNN kernels on the CPU for this
+    network; PyTorch's `torch.compile` costs minutes of compiling for little.
+    """
+    if jit_compile in ("on", "off"):
+        return jit_compile == "on"
+    from upanets_keras import backend
+
+    name = backend.name()
+    return name == "jax" or (name == "tensorflow" and has_gpu())
 
 
 def versions():
@@ -104,11 +113,13 @@ def versions():
     import click
     import keras
     import numpy as np
-    import tensorflow as tf
+
+    from upanets_keras import backend
 
     return {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "backend": backend.name(),
+        **backend.versions(),
         "keras": keras.__version__,
         "click": click.__version__,
         "numpy": np.__version__,

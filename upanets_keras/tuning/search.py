@@ -9,12 +9,13 @@ import keras
 import keras_tuner
 import numpy as np
 
-from upanets_keras import compat, distribute
+from upanets_keras import compat
 from upanets_keras import data as data_lib
 from upanets_keras.data import CACHE_MODES
+from upanets_keras.distribute import Distribution
 from upanets_keras.saving import save_model_atomically
 from upanets_keras.search_space import SearchSpace
-from upanets_keras.training import EpochSummary, TrainConfig, fit, one_hot, versions
+from upanets_keras.training import EpochSummary, TrainConfig, fit, versions
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
 from upanets_keras.tuning.report import format_row, format_table, trial_row, write_json, write_trials
 from upanets_keras.tuning.trials import ORACLE_CLASSES, UPANetsHyperband, UPANetsTuner
@@ -166,9 +167,8 @@ def prepare_data(config):
 def trial_datasets(config, splits):
     """A trial's one-hot training stream and validation batches."""
     info = splits.info
-    train = data_lib.make_train_dataset(*splits.train, info, config.batch_size, seed=config.seed)
-    val = data_lib.make_eval_dataset(*splits.val, config.batch_size)
-    return one_hot(train, info.num_classes), one_hot(val, info.num_classes)
+    train = data_lib.train_input(*splits.train, info, config.batch_size, seed=config.seed)
+    return train, data_lib.eval_input(*splits.val, config.batch_size, info.num_classes)
 
 
 def retrain_best(config, hypermodel, values, splits, project_dir, echo):
@@ -182,16 +182,16 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo):
         train_config, steps, hypermodel.pixel_mean, hypermodel.pixel_std, hypermodel.class_names,
     )
     keras.backend.clear_session()
-    strategy = distribute.make_strategy(config.strategy)
-    with strategy.scope():
+    distribution = Distribution.for_strategy(config.strategy, config.batch_size)
+    with distribution.scope():
         model = final.build(keras_tuner.HyperParameters())
-        if strategy.num_replicas_in_sync > 1:
-            distribute.synchronize_batch_norm(model)
+        distribution.prepare_model(model)
     info = splits.info
-    train_ds = one_hot(data_lib.make_train_dataset(x, y, info, config.batch_size, seed=config.seed), info.num_classes)
-    fit(model, train_ds, config.final_epochs, steps, callbacks=[EpochSummary(config.final_epochs, steps, echo)])
-    test_ds = one_hot(data_lib.make_eval_dataset(*splits.test, config.batch_size), info.num_classes)
-    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    train_ds = data_lib.train_input(x, y, info, config.batch_size, seed=config.seed)
+    test_ds = data_lib.eval_input(*splits.test, config.batch_size, info.num_classes)
+    with distribution.fit_scope():
+        fit(model, train_ds, config.final_epochs, steps, callbacks=[EpochSummary(config.final_epochs, steps, echo)])
+        test = model.evaluate(test_ds, verbose=0, return_dict=True)
     save_model_atomically(model, os.path.join(project_dir, "best.keras"))
     return {
         "test_accuracy": test["accuracy"],

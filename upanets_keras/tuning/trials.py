@@ -128,31 +128,29 @@ def run_trial_process(spec):
     if os.getppid() != spec["parent"]:  # the search was killed while this process started
         os._exit(1)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from upanets_keras import distribute
+    from upanets_keras.distribute import Distribution
     from upanets_keras.tuning.search import TuneConfig, prepare_data, trial_datasets
 
     config = TuneConfig(**spec["config"])
-    strategy = distribute.make_strategy(config.strategy)  # before any other TensorFlow work
-    replicas = strategy.num_replicas_in_sync
-    distribute.global_batch_size(config.batch_size, "global", replicas)
+    distribution = Distribution.for_strategy(config.strategy, config.batch_size)  # before other TensorFlow work
     splits, hypermodel, _ = prepare_data(config)
     hp = keras_tuner.HyperParameters()
     hp.values.update(spec["values"])
-    with strategy.scope():
+    with distribution.scope():
         model = hypermodel.build(hp)
-        if replicas > 1:
-            distribute.synchronize_batch_norm(model)
+        distribution.prepare_model(model)
     if spec["initial_weights"]:
         model.load_weights(spec["initial_weights"])
     with open(spec["build_config"], "w") as f:
         json.dump(model.get_build_config(), f)
     train_ds, val_ds = trial_datasets(config, splits)
     objective = keras_tuner.Objective(spec["objective"], "max")
-    history = hypermodel.fit(
-        hp, model, train_ds, validation_data=val_ds, epochs=spec["epochs"], initial_epoch=spec["initial_epoch"],
-        steps_per_epoch=len(splits.train[0]) // config.batch_size,
-        callbacks=[compat.save_best_epoch_callback(objective, spec["checkpoint"])],
-    )
+    with distribution.fit_scope():
+        history = hypermodel.fit(
+            hp, model, train_ds, validation_data=val_ds, epochs=spec["epochs"], initial_epoch=spec["initial_epoch"],
+            steps_per_epoch=len(splits.train[0]) // config.batch_size,
+            callbacks=[compat.save_best_epoch_callback(objective, spec["checkpoint"])],
+        )
     import resource
 
     return history.history, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,99 @@
+"""Which Keras backend runs (TensorFlow, JAX or PyTorch) and what it sees: devices, GPU, versions.
+
+Keras fixes its backend when it is first imported, from `KERAS_BACKEND`
+(default TensorFlow); the command line's `--backend` sets it before that.
+
+Example:
+>>> from upanets_keras import backend
+>>> backend.name() in backend.BACKENDS
+True
+"""
+
+import importlib
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+class BackendError(ValueError):
+    """A backend that cannot do what was asked (the message says what to install or pass)."""
+
+
+def name():
+    """The running Keras backend."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def require_tensorflow(what):
+    """Import TensorFlow for `what`, or raise one line saying how to get it."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise BackendError(f"{what} needs TensorFlow, which is not installed: pip install 'upanets-keras[tensorflow]' "
+                           "(any backend can run it afterwards)") from None
+    return tf
+
+
+def has_gpu():
+    """Whether the running backend sees a GPU."""
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def devices():
+    """The running backend's devices, as names."""
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        return [f"{d.platform}:{d.id}" for d in jax.devices()]
+    if backend == "torch":
+        import torch
+
+        return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_logical_devices()]
+
+
+def gpu_name():
+    """The first GPU's name, with how many there are; None without one."""
+    if not has_gpu():
+        return None
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        return f"{gpus[0].device_kind} (x{len(gpus)})"
+    if backend == "torch":
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)} (x{len(gpus)})"
+
+
+def versions():
+    """`{package: version}` of the running backend (and of jaxlib for JAX)."""
+    backend = name()
+    module = importlib.import_module(backend)
+    found = {backend: module.__version__}
+    if backend == "jax":
+        import jaxlib
+
+        found["jaxlib"] = jaxlib.__version__
+    return found

@@ -1,0 +1,41 @@
+"""The training and evaluation input of the running Keras backend, with one-hot labels.
+
+tf.data (`pipeline.py`) under TensorFlow, where `tf.distribute` shards it;
+`keras.utils.PyDataset`s (`batches.py`) under JAX and PyTorch, which need no
+TensorFlow. Both yield the same batches for the same seed.
+
+Example:
+>>> train = train_input(*splits.train, splits.info, batch_size=100, seed=0)  # doctest: +SKIP
+>>> model.fit(train, epochs=8, steps_per_epoch=steps_per_epoch(len(splits.train[0]), 100))  # doctest: +SKIP
+"""
+
+import keras
+
+
+def uses_tf_data():
+    """Whether the pipelines are tf.data (the TensorFlow backend) rather than PyDatasets."""
+    return keras.backend.backend() == "tensorflow"
+
+
+def train_input(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, *, shards=None, num_shards=1):
+    """The augmented training stream of `(float32 0-255 images, one-hot labels)` (see `make_train_dataset`)."""
+    if uses_tf_data():
+        from upanets_keras.data.pipeline import make_train_dataset, one_hot
+
+        return one_hot(make_train_dataset(x, y, info, batch_size, seed, first_epoch, num_epochs, shards=shards,
+                                          num_shards=num_shards), info.num_classes)
+    from upanets_keras.data.batches import TrainBatches
+
+    return TrainBatches(x, y, info, batch_size, seed, first_epoch, num_epochs, shards=shards, num_shards=num_shards,
+                        num_classes=info.num_classes)
+
+
+def eval_input(x, y, batch_size, num_classes):
+    """In-order `(float32 0-255 images, one-hot labels)` batches (see `make_eval_dataset`)."""
+    if uses_tf_data():
+        from upanets_keras.data.pipeline import make_eval_dataset, one_hot
+
+        return one_hot(make_eval_dataset(x, y, batch_size), num_classes)
+    from upanets_keras.data.batches import EvalBatches
+
+    return EvalBatches(x, y, batch_size, num_classes=num_classes)
