@@ -177,3 +177,99 @@ def test_the_parity_and_optimizer_tests_pass_without_tensorflow(backend):
     summary = proc.stdout.strip().splitlines()[-1]
     passed = int(summary.split(" passed")[0].split()[-1])
     assert passed >= 12 and "failed" not in summary, summary
+
+
+def cli(backend, *args, env=None, timeout=600):
+    """`upanets-keras --backend BACKEND ARGS` in a process without TensorFlow (unless BACKEND is tensorflow)."""
+    env = env or (dict(os.environ) if backend == "tensorflow" else without_tensorflow(backend))
+    env.pop("KERAS_BACKEND", None)
+    return subprocess.run([sys.executable, "-m", "upanets_keras_cli.main", "--backend", backend, *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained_on(tmp_path_factory):
+    """`backend -> run directory` of a tiny digits run trained on that backend without TensorFlow (once each)."""
+    runs = {}
+
+    def get(backend):
+        if backend not in runs:
+            out = tmp_path_factory.mktemp(f"digits-{backend}")
+            proc = cli(backend, "train", *TINY, "-o", str(out), "--overwrite")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[backend] = out
+        return runs[backend]
+
+    return get
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_a_digits_run_trains_without_tensorflow_and_keeps_its_promises(trained_on, backend):
+    out = trained_on(backend)
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["versions"]["backend"] == backend and "tensorflow" not in config["versions"]
+    assert metrics["epochs_completed"] == 2 and metrics["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
+    assert (out / "best.keras").exists() and (out / "last.keras").exists() and (out / "history.png").exists()
+    assert any((out / "logs").rglob("*tfevents*"))
+    again = cli(backend, "train", *TINY, "-o", str(out))  # a finished run: the same command does not retrain
+    assert "--overwrite" in again.stderr + again.stdout or again.returncode == 0
+
+
+@pytest.mark.parametrize("trained", OTHER_BACKENDS)
+def test_a_model_trained_without_tensorflow_scores_the_same_under_tensorflow(trained_on, trained):
+    out = trained_on(trained)
+    expected = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    proc = cli("tensorflow", "evaluate", str(out / "best.keras"), "--dataset", "digits", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["accuracy"] == pytest.approx(expected, abs=1e-6)
+    if trained == "jax":  # export converts with TensorFlow, whatever trained the model
+        pytest.importorskip("ai_edge_litert")
+        proc = cli("tensorflow", "export", str(out / "best.keras"), "-o", str(out / "m.tflite"), "--format", "litert")
+        assert proc.returncode == 0 and (out / "m.tflite").exists(), proc.stderr[-3000:]
+
+
+LOGITS = """
+import json, sys, numpy as np, keras, upanets_keras
+model = upanets_keras.load_model(sys.argv[1])
+x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+print(json.dumps({"backend": keras.backend.backend(),
+                  "logits": keras.ops.convert_to_numpy(model(x, training=False)).tolist()}))
+"""
+
+
+def test_keras_files_give_the_same_logits_on_every_backend(trained_on):
+    for trained in OTHER_BACKENDS:
+        path = str(trained_on(trained) / "best.keras")
+        logits = {b: np.array(run_python(b, LOGITS, path)["logits"]) for b in OTHER_BACKENDS}
+        logits["tensorflow"] = np.array(run_python("tensorflow", LOGITS, path,
+                                                   env={**os.environ, "KERAS_BACKEND": "tensorflow"})["logits"])
+        for backend, values in logits.items():
+            rel = np.linalg.norm(values - logits[trained]) / np.linalg.norm(logits[trained])
+            assert rel < 1e-5, (trained, backend, rel)
+
+
+def test_backend_errors_are_one_line(tmp_path):
+    proc = cli("jax", "export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx"), "--format", "onnx")
+    assert proc.returncode == 1 and "--backend tensorflow" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("jax", "train", *TINY, "--strategy", "multiworker", "-o", str(tmp_path / "w"))
+    assert proc.returncode != 0 and "TensorFlow backend" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("tensorflow", "models", env=without_tensorflow("jax"))
+    assert proc.returncode == 2 and "not installed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_installing_for_jax_or_torch_leaves_tensorflow_out(tmp_path):
+    root = TESTS.parent
+    requires = {}
+    for backend in ("tensorflow", "jax"):
+        env = {**os.environ, "UPANETS_KERAS_BACKEND": backend}
+        subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path / backend)],
+                       cwd=root, env=env, check=True, capture_output=True, timeout=120)
+        text = next((tmp_path / backend).glob("*.egg-info/requires.txt")).read_text()
+        requires[backend] = text.split("\n\n")[0].splitlines()  # before the first [extra] section
+    assert any(r.startswith("tensorflow") for r in requires["tensorflow"])
+    assert not any(r.startswith("tensorflow") for r in requires["jax"])
+    assert any(r.startswith("keras") for r in requires["jax"])

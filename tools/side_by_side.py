@@ -19,6 +19,8 @@ Usage:
     python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2
     # what TensorFlow's default policy gives on such a machine (oneDNN off in the Keras worker):
     python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2 --keras-env TF_ENABLE_ONEDNN_OPTS=0
+    # the Keras worker on another backend (the report names it)
+    python tools/side_by_side.py --reference /tmp/upanets_ref --keras-env KERAS_BACKEND=jax
 """
 
 import argparse
@@ -88,10 +90,10 @@ def keras_worker(args):
     times.update({f"inference_{format}": r["times"] for format, r in exported.items()})
     threads = thread_settings()
     info = {
-        "threads": f"TensorFlow inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default)",
+        "threads": f"{versions()['backend']} inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default)",
         "onednn": runtime.summary(),
         "precision": precision, "jit_compile": jit,
-        "versions": f"TensorFlow {versions()['tensorflow']}, Keras {versions()['keras']}",
+        "versions": f"backend {versions()['backend']} {versions()[versions()['backend']]}, Keras {versions()['keras']}",
         "exported": {format: {k: v for k, v in r.items() if k != "times"} for format, r in exported.items()},
     }
     return times, info

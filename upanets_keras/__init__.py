@@ -8,6 +8,7 @@ Example:
 __version__ = "0.1.0"
 
 from upanets_keras import runtime  # noqa: E402,F401  (first: sets oneDNN up before TensorFlow loads)
+from upanets_keras import backend  # noqa: E402
 
 from upanets_keras.layers import (  # noqa: E402
     ChannelPixelAttention,
@@ -20,6 +21,8 @@ from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: 
 from upanets_keras.saving import load_model  # noqa: E402
 from upanets_keras.variants import count_parameters, create_model, list_models  # noqa: E402
 from upanets_keras.weights import CheckpointError, load_reference_weights  # noqa: E402
+
+backend.use_jax_compilation_cache()
 
 __all__ = [
     "ChannelPixelAttention",

@@ -97,3 +97,34 @@ def versions():
 
         found["jaxlib"] = jaxlib.__version__
     return found
+
+
+JAX_CACHE_ENV = "UPANETS_JAX_CACHE"
+
+
+def use_jax_compilation_cache():
+    """Under JAX, keep compiled programs on disk so the next process with the same shapes skips compiling.
+
+    On an H200 the training step took 33-69 s to compile (docs/PERFORMANCE.md);
+    a resumed run, `evaluate` and `predict` would pay it again. The cache lives
+    in `<disk cache folder>/jax-compilation` (`UPANETS_JAX_CACHE=0` turns it
+    off, any other value names the folder); JAX's own settings win if the
+    user made them.
+
+    Returns:
+        The folder, or None when not under JAX or turned off.
+    """
+    import os
+
+    setting = os.environ.get(JAX_CACHE_ENV)
+    if name() != "jax" or setting == "0":
+        return None
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    from upanets_keras.data.cache import default_cache_dir
+
+    folder = setting or os.path.join(default_cache_dir(), "jax-compilation")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    return folder

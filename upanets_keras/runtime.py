@@ -143,6 +143,9 @@ def describe():
 def summary(state=None):
     """One line: oneDNN state and the CPU's ISA, e.g. for `benchmark`'s report."""
     state = state or describe()
+    if state["onednn"]["enabled"] is None and "tensorflow" not in sys.modules:
+        isa = [name for name, present in state["cpu"]["isa"].items() if present]
+        return f"oneDNN: not used (TensorFlow not loaded); CPU ISA: {', '.join(isa) or 'unknown'}"
     enabled = {True: "on", False: "off", None: "unknown"}[state["onednn"]["enabled"]]
     source = state["onednn"]["settings"].get("TF_ENABLE_ONEDNN_OPTS", "")
     isa = [name for name, present in state["cpu"]["isa"].items() if present]
