@@ -11,7 +11,7 @@ BASE_STAMP := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo-digits
 
-.PHONY: install demo test clean
+.PHONY: install demo test soak clean
 
 $(BASE_STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,13 @@ demo: $(BASE_STAMP)
 	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png
 
 # Two test processes, a test file each at a time: most of a test's time is single-threaded
-# (process start-up, graph tracing), so two overlap well on two cores.
+# (process start-up, graph tracing), so two overlap well on two cores. The slow tier (the kill
+# soak, about 10 minutes) runs with `make soak`.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist load -m slow
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -79,6 +79,33 @@ def test_disk_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, caps
     assert other_size.train[0].shape[1:] == (8, 8, 3)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "a flipped byte", "labels missing"])
+def test_a_damaged_cache_is_decoded_again_never_read(tmp_path, capsys, damage):
+    data = make_folder(tmp_path / "photos", per_class=10)
+    cache = tmp_path / "cache"
+    D.load_splits("folder", data_dir=data, image_size=16, cache="disk", cache_dir=cache)
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    images = sorted(folder.glob("*.u8"), key=lambda p: p.stat().st_size)[-1]
+    content = images.read_bytes()
+    if damage == "truncated":  # a full disk, a copy cut short
+        images.write_bytes(content[: len(content) // 3])
+    elif damage == "a flipped byte":  # bit rot
+        images.write_bytes(content[:100] + bytes([content[100] ^ 0xFF]) + content[101:])
+    else:
+        next(folder.glob("*.labels.npy")).unlink()
+    capsys.readouterr()
+    again = D.load_splits("folder", data_dir=data, image_size=16, cache="disk", cache_dir=cache)
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 2 and f"the decoded-image cache {folder} is damaged (" in message[0], message
+    reason = {"truncated": f"{images.name} holds {len(content) // 3:,} of {len(content):,} bytes",
+              "a flipped byte": f"{images.name} does not match its checksum",
+              "labels missing": ".labels.npy: No such file or directory"}[damage]
+    assert reason in message[0] and "decoding it again" in message[0] and "decoded images cached in" in message[1]
+    memory = D.load_splits("folder", data_dir=data, image_size=16, cache="memory")
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.asarray(getattr(again, name)[0]), getattr(memory, name)[0])
+
+
 def test_a_killed_build_never_looks_complete(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=40)
     cache = tmp_path / "cache"

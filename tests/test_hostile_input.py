@@ -4,7 +4,9 @@ Every failing case must exit 1 or 2 with one `Error:` line that names the
 problem, print no traceback and leave the files already there byte-for-byte
 unchanged; every valid-but-odd case must train. Rows covered elsewhere, not
 repeated here because they are slow: `tune` killed mid-trial and resumed
-(test_tuning.py::test_killed_search_resumes_without_redoing_finished_trials),
+(test_tuning.py::test_killed_search_resumes_without_redoing_finished_trials), kills at
+random instants of `train`, `tune` and a disk-cache build (test_kill_soak.py), a full disk
+(test_resume.py), a damaged backup (test_resume.py) or disk cache (test_cache.py),
 another search space without --overwrite
 (test_tuning.py::test_tune_end_to_end_with_budget_resume_and_safe_loading).
 """
@@ -296,7 +298,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert (out / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("stage", ["data", "mid_epoch", "save", "test_eval"])
+@pytest.mark.parametrize("stage", ["data", "mid_epoch", "save", "backup", "test_eval"])
 def test_killed_at_any_stage_then_the_same_command_finishes(tmp_path, stage):
     data = make_folder(tmp_path / "ds")
     out = tmp_path / "run"

@@ -96,12 +96,23 @@ def test_predict_names_classes(trained, tmp_path):
     assert result.exit_code == 1 and "bad.png" in result.output
 
 
-def test_finished_run_is_not_overwritten(trained):
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_same_command_on_a_finished_run_prints_it_and_another_is_refused(trained):
+    """A scheduler retrying a job that finished: exit 0 and the results; other settings still refused."""
     out, _ = trained
-    before = (out / "metrics.json").read_text()
+    before = snapshot(out)
+    metrics = json.loads((out / "metrics.json").read_text())
     result = run("train", *TINY, "--epochs", 2, "--seed", 3, "-o", out)
-    assert result.exit_code == 1 and "finished run" in result.output and "--overwrite" in result.output
-    assert (out / "metrics.json").read_text() == before
+    assert result.exit_code == 0, result.output
+    assert "already holds this finished run" in result.output and "epoch 1/2" not in result.output
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in result.output
+    assert snapshot(out) == before
+    result = run("train", *TINY, "--epochs", 3, "--seed", 3, "-o", out)
+    assert result.exit_code == 1 and "finished run with other settings (epochs)" in result.output
+    assert "--overwrite" in result.output and snapshot(out) == before
     result = run("train", *TINY, "--epochs", 1, "-o", out.parent / "other", "--lr", 0.05)
     assert result.exit_code == 0, result.output  # another run directory is fine
 
@@ -110,17 +121,14 @@ def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     out = tmp_path / "run"
     args = CLI + ["train", *TINY, "--epochs", "3", "-o", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta = out / "backup" / "training_metadata.json"
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if meta.exists() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 1:
-            break
+    while time.time() < deadline and proc.poll() is None and not list((out / "backup").glob("epoch-*")):
         time.sleep(0.05)
     assert proc.poll() is None, "training ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()
-    done = json.loads(meta.read_text())["epoch"]
+    done = max(int(p.name.split("-")[1]) for p in (out / "backup").glob("epoch-*"))
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"Resuming {out} after epoch {done} of 3" in result.stdout
@@ -128,7 +136,7 @@ def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     assert epochs_in(out / "history.csv") == [0, 1, 2]
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
     result = subprocess.run(CLI + ["train", *TINY, "--epochs", "4", "-o", str(out)], capture_output=True, text=True)
-    assert result.returncode == 1 and "finished run" in result.stderr
+    assert result.returncode == 1 and "finished run with other settings" in result.stderr
 
 
 def test_unfinished_run_with_other_settings_is_refused(tmp_path):

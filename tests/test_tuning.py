@@ -257,6 +257,35 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     assert sorted(r["filters"] for r in rows) == ["4", "8"]  # two distinct configurations
 
 
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_one_search_per_project_a_dead_holder_is_taken_over_and_a_finished_one_is_left_as_is(tmp_path):
+    args = ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--directory", str(tmp_path),
+            "--project-name", "p"]
+    first = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None and not (tmp_path / "p" / "search.json").exists():
+            time.sleep(0.1)
+        assert (tmp_path / "p" / ".lock").read_text().strip() == str(first.pid)
+        second = run(*args)
+        assert second.exit_code == 1, second.output
+        assert f"in use by another search (pid {first.pid})" in second.output and "--project-name" in second.output
+        assert first.poll() is None, "the first search must go on"
+    finally:
+        first.kill()  # SIGKILL: its lock file stays, held by no one
+        first.wait()
+    taken_over = run(*args)
+    assert taken_over.exit_code == 0, taken_over.output
+    before = snapshot(tmp_path / "p")
+    again = run(*args)  # a scheduler retrying the finished job
+    assert again.exit_code == 0 and " done: " not in again.output and "already retrained" in again.output
+    assert "test accuracy" in again.output or "best:" in again.output
+    assert snapshot(tmp_path / "p") == before
+
+
 def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
     env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(free_port()))
     args = CLI + ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--directory", str(tmp_path),

@@ -207,6 +207,34 @@ def trial_files(tuner, trial_id):
     return tuner._get_checkpoint_fname(trial_id), tuner._get_build_config_fname(trial_id)
 
 
+def write_keras_tuner_state_atomically():
+    """Make keras-tuner write its state files (`oracle.json`, `trial.json`, `tuner0.json`) beside and rename them.
+
+    Why private: keras-tuner writes them in place through `keras_tuner.src.utils.save_json`,
+    so a search killed mid-write leaves a truncated file that stops every later run of the
+    same command; no public hook changes how they are written. Remote paths keep its writer.
+    """
+    import json
+
+    from upanets_keras.saving import atomic_write
+
+    utils = importlib.import_module("keras_tuner.src.utils")
+    if getattr(utils.save_json, "atomic", False):
+        return
+    original = utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):
+            return original(path, obj)
+        text = json.dumps(obj)
+        with atomic_write(path) as f:
+            f.write(text)
+        return text
+
+    save_json.atomic = True
+    utils.save_json = save_json
+
+
 class ConstrainedSampling:
     """Oracle mixin: random draws outside `self.valid(values)` are never proposed.
 
@@ -242,6 +270,7 @@ def _lookups():
     trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
     kt_utils = keras_tuner_distribute()
     kt_tuner_utils = importlib.import_module("keras_tuner.src.engine.tuner_utils")
+    kt_json = importlib.import_module("keras_tuner.src.utils")
     mirrored = mirrored_strategy.MirroredExtended
     collective = collective_all_reduce_strategy.CollectiveAllReduceExtended
     oracle = keras_tuner.oracles.RandomSearchOracle(objective="val_accuracy", max_trials=1)
@@ -252,6 +281,7 @@ def _lookups():
         (keras.Model, "_symbolic_build"), (keras.Model, "_maybe_symbolic_build"),
         (trainer, "reduce_per_replica"), (trainer, "_collective_all_reduce_multi_worker"),
         (kt_utils, "has_chief_oracle"), (kt_utils, "is_chief_oracle"), (kt_tuner_utils, "SaveBestEpoch"),
+        (kt_json, "save_json"),
         (keras_tuner.Tuner, "_get_checkpoint_fname"), (keras_tuner.Tuner, "_get_build_config_fname"),
         (oracle, "_random_values"), (oracle, "_compute_values_hash"), (oracle, "_tried_so_far"),
         (oracle, "_max_collisions"), (_pywrap_util_port, "IsMklEnabled"),

@@ -2,8 +2,10 @@
 
 Stages: `data` (after loading the data), `mid_epoch` (inside the second
 epoch), `save` (a `.keras` file written but not yet renamed into place),
+`backup` (an epoch's resume backup written but not yet renamed into place),
 `test_eval` (before the final test evaluation), `cache` (a disk cache
-half-written). Unset, it does nothing.
+half-written). Unset, it does nothing. The instants between the stages are
+the kill soak's (tests/test_kill_soak.py).
 """
 
 import os

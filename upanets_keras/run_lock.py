@@ -1,4 +1,4 @@
-"""One run at a time per run directory: an advisory lock file holding the owner's pid.
+"""One run at a time per run directory (or search per tuning project): a lock file holding the owner's pid.
 
 The lock is an `fcntl.flock` on `<dir>/.lock`, so the kernel releases it when
 its process dies, SIGKILL included: a lock file left by a dead process is
@@ -23,11 +23,14 @@ class RunLock:
     """Holds `<directory>/.lock` for the lifetime of a run.
 
     Args:
-        directory: the run directory (created if missing).
+        directory: the run directory or tuning project (created if missing).
+        holder: what holds it, for the refusal ("run", "search").
+        elsewhere: the option that chooses another folder.
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, holder="run", elsewhere="--output-dir"):
         self.directory = os.fspath(directory)
+        self.holder, self.elsewhere = holder, elsewhere
         self.path = os.path.join(self.directory, LOCK_NAME)
         self.fd = None
 
@@ -45,8 +48,8 @@ class RunLock:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise RunLockedError(
-                    f"{self.directory} is in use by another run (pid {holder}); wait for it to finish "
-                    "or choose another --output-dir"
+                    f"{self.directory} is in use by another {self.holder} (pid {holder}); wait for it to finish "
+                    f"or choose another {self.elsewhere}"
                 ) from None
             if self._still_linked(fd):
                 break

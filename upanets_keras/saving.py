@@ -1,6 +1,7 @@
 """Writing run files atomically, and loading saved UPANets `.keras` files with clear errors."""
 
 import contextlib
+import errno
 import glob
 import os
 import zipfile
@@ -21,11 +22,18 @@ def _partial_path(path):
     return os.path.join(folder, f".{name}.partial.keras")  # hidden; Keras insists on the suffix
 
 
+def fsync_file(path):
+    """Flush a written file to disk (before renaming it into place)."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def save_model_atomically(model, path):
-    """Save to a hidden temporary file beside `path`, then rename: no half-written files."""
+    """Save to a hidden temporary file beside `path`, flush it to disk, then rename: no half-written files."""
     tmp = _partial_path(path)
     try:
         model.save(tmp)
+        fsync_file(tmp)
         faults.reached("save")
         os.replace(tmp, path)
     finally:
@@ -46,10 +54,40 @@ def atomic_write(path, newline=None):
     try:
         with open(tmp, "w", newline=newline) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class DiskFullError(OSError):
+    """The disk of a folder being written filled up; the message says where and how to go on."""
+
+
+def is_disk_full(error):
+    """Whether an OSError is a full disk (h5py's carry the errno only in their message)."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return "errno = 28" in str(error) or os.strerror(errno.ENOSPC) in str(error)
+
+
+@contextlib.contextmanager
+def resumable_when_disk_full(folder):
+    """Turn a full disk into a one-line `DiskFullError` naming `folder` and saying how to go on.
+
+    Every file a run resumes from is written beside and renamed, so the same
+    command picks up where it stopped once there is room.
+    """
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, DiskFullError) or not is_disk_full(e):
+            raise
+        reason = e.strerror or os.strerror(errno.ENOSPC)
+        raise DiskFullError(f"the disk holding {folder} is full ({reason}): free some space there, then re-run "
+                            "the same command to resume") from None
 
 
 def remove_partial_saves(folder):

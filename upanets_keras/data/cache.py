@@ -6,7 +6,10 @@ file per split, its labels and a ``meta.json``), keyed by the source's
 identity (paths, sizes, modification times, image size); later runs and tune
 trials map the files instead of decoding, and read pages only as batches
 need them. A cache is built in a temporary folder and renamed into place
-when complete, so a killed build never looks finished. ``auto`` is memory
+when complete, so a killed build never looks finished; ``meta.json`` records
+each file's size and a CRC-32 (of the whole file, or of evenly spaced blocks
+of a large one), checked on every load, so a truncated or damaged file is
+decoded again rather than read as images. ``auto`` is memory
 while the decoded dataset fits ``budget`` bytes (default a quarter of the
 machine's RAM), else disk.
 """
@@ -22,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 
 import numpy as np
 
@@ -32,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "memory", "disk")
 CACHE_DIR_ENV = "UPANETS_CACHE_DIR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json checks its files
 RAM_FRACTION = 0.25  # of physical memory: the default budget of `auto`
+CHECK_BLOCK = 1 << 20
+CHECK_BLOCKS = 64  # a file up to 64 MiB is checked whole; a larger one by 64 spaced blocks of 1 MiB
 
 
 def default_cache_dir():
@@ -130,6 +136,21 @@ def _digest(value):
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def fingerprint(path):
+    """`{"bytes", "crc32"}` of a file: the CRC of all of it, or of `CHECK_BLOCKS` evenly spaced blocks."""
+    size = os.path.getsize(path)
+    crc = 0
+    with open(path, "rb") as f:
+        if size <= CHECK_BLOCK * CHECK_BLOCKS:
+            for chunk in iter(lambda: f.read(CHECK_BLOCK), b""):
+                crc = zlib.crc32(chunk, crc)
+        else:
+            for i in range(CHECK_BLOCKS):
+                f.seek((size - CHECK_BLOCK) * i // (CHECK_BLOCKS - 1))
+                crc = zlib.crc32(f.read(CHECK_BLOCK), crc)
+    return {"bytes": size, "crc32": crc}
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -186,15 +207,34 @@ class DiskCache:
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per cache; others wait, then reuse it
             meta = self._meta()
-            if meta is not None and meta.get("key") == self.key:
+            damage = self._damage(meta) if meta is not None and meta.get("key") == self.key else None
+            if meta is not None and meta.get("key") == self.key and damage is None:
                 self._say(f"using the decoded-image cache {self.folder}")
             else:
-                if meta is not None:
+                if damage is not None:
+                    self._say(f"the decoded-image cache {self.folder} is damaged ({damage}); decoding it again")
+                elif meta is not None:
                     self._say(f"{self.source.location or self.source.name} changed since its cache was built; "
                               f"decoding it again into {self.folder}")
                 meta = self._build()
             splits = {name: self._open(name, count) for name, count in meta["splits"].items()}
             return splits, meta["class_names"]
+
+    def _damage(self, meta):
+        """What is wrong with the cache's files against `meta`, or None when they match."""
+        expected = meta.get("files")
+        if not isinstance(expected, dict):
+            return "meta.json records no file sizes"
+        for name, want in sorted(expected.items()):
+            try:
+                got = fingerprint(os.path.join(self.folder, name))
+            except OSError as e:
+                return f"{name}: {e.strerror}"
+            if got["bytes"] != want.get("bytes"):
+                return f"{name} holds {got['bytes']:,} of {want.get('bytes'):,} bytes"
+            if got["crc32"] != want.get("crc32"):
+                return f"{name} does not match its checksum"
+        return None
 
     def _open(self, name, count):
         labels = np.load(os.path.join(self.folder, f"{name}.labels.npy"))
@@ -224,7 +264,9 @@ class DiskCache:
             os.makedirs(partial)
             counts = {name: self._write_split(partial, name, reader)
                       for name, reader in self.source.splits.items()}
-            meta = {"key": self.key, "identity": self.source.identity, "splits": counts,
+            files = {f"{name}{suffix}": fingerprint(os.path.join(partial, f"{name}{suffix}"))
+                     for name in counts for suffix in (".u8", ".labels.npy")}
+            meta = {"key": self.key, "identity": self.source.identity, "splits": counts, "files": files,
                     "class_names": self.source.resolve_class_names(),
                     "image_size": self.source.image_size, "created": time.time()}
             with open(os.path.join(partial, "meta.json"), "w") as f:

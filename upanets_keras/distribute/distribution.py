@@ -103,11 +103,11 @@ class Distribution:
         """A line saying how the run is spread, or None on one device."""
         return None
 
-    def agree_on_start(self, refusal, run):
-        """Raise the chief's refusal, or return the epoch to resume after (from `run`'s backup)."""
+    def agree_on_start(self, refusal, run, finished=False):
+        """Raise the chief's refusal, or return the epoch to resume after (from `run`'s backup; None: finished)."""
         if refusal is not None:
             raise refusal
-        return run.backup_epoch()
+        return None if finished else run.backup_epoch()
 
     def scope(self):
         """Where the model is built and compiled."""
@@ -170,18 +170,20 @@ class ReplicatedDistribution(Distribution):
                 f"{self.global_batch} ({self.global_batch // self.replicas} per replica), lr {self.lr:g}"
                 + (", synchronized BatchNorm" if self.sync_batchnorm else ""))
 
-    def agree_on_start(self, refusal, run):
-        """Every worker learns whether the chief refused; all resume after the oldest worker's backup."""
-        states = gather_from_workers(
-            self.strategy, [int(refusal is not None), run.backup_epoch(), run.backup_epoch(previous=True)])
+    def agree_on_start(self, refusal, run, finished=False):
+        """Every worker learns whether the chief refused or had finished; all resume after the oldest backup."""
+        states = gather_from_workers(self.strategy, [int(refusal is not None), int(finished), run.backup_epoch(),
+                                                     run.backup_epoch(previous=True)])
         if refusal is not None:
             raise refusal
-        if any(refused for refused, _, _ in states):
+        if any(refused for refused, _, _, _ in states):
             raise DistributeError("the chief refused to start this run (its output says why)")
-        first = min(current for _, current, _ in states)
+        if any(done for _, done, _, _ in states):
+            return None
+        first = min(current for _, _, current, _ in states)
         if not run.roll_back_to(first):
             raise DistributeError(
-                f"the workers' backups are at epochs {sorted({c for _, c, _ in states})} and cannot be reconciled; "
+                f"the workers' backups are at epochs {sorted({c for _, _, c, _ in states})} and cannot be reconciled; "
                 "pass --overwrite to start over")
         return first
 

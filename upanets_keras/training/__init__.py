@@ -15,7 +15,16 @@ from upanets_keras import backend, faults, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.distribute import Distribution
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
-from upanets_keras.training.callbacks import AtomicCheckpoint, EpochSummary, NaNGuard, Throughput, tensorboard_callback
+from upanets_keras.saving import resumable_when_disk_full
+from upanets_keras.training.backup import BackupStore, EpochBackup, restore
+from upanets_keras.training.callbacks import (
+    AtomicCheckpoint,
+    EpochSummary,
+    HistoryLog,
+    NaNGuard,
+    Throughput,
+    tensorboard_callback,
+)
 from upanets_keras.training.config import (
     JIT_CHOICES,
     PRECISIONS,
@@ -31,9 +40,10 @@ from upanets_keras.training.run_dir import RUN_FILES, RunDirectory
 from upanets_keras.variants import count_parameters
 
 __all__ = [
-    "AtomicCheckpoint", "EpochSummary", "JIT_CHOICES", "NaNGuard", "PRECISIONS", "RUN_FILES", "RunDirectory",
-    "Throughput", "TrainConfig", "TrainingError", "build_model", "compile_for_training", "fit", "has_gpu",
-    "resolve_jit", "resolve_precision", "train", "versions",
+    "AtomicCheckpoint", "BackupStore", "EpochBackup", "EpochSummary", "HistoryLog", "JIT_CHOICES", "NaNGuard",
+    "PRECISIONS", "RUN_FILES", "RunDirectory", "Throughput", "TrainConfig", "TrainingError", "build_model",
+    "compile_for_training", "fit", "has_gpu", "resolve_jit", "resolve_precision", "restore", "train",
+    "versions",
 ]
 
 
@@ -61,8 +71,10 @@ def train(config, overwrite=False, echo=print, verbose=None):
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
     run = RunDirectory(distribution.output_dir(config.output_dir))
     echo = distribution.echo(echo)
-    with run.lock():  # one process at a time per run directory
+    with run.lock(), resumable_when_disk_full(run.path):  # one process at a time per run directory
         first_epoch = open_run(config, distribution, run, overwrite, echo)
+        if first_epoch is None:  # this same run, already finished: nothing to do
+            return run.read_json("metrics.json") if distribution.is_chief else distribution.summary()
         splits = load_data(config, distribution)
         if distribution.is_chief:
             record_config(config, distribution, run, splits)
@@ -70,22 +82,25 @@ def train(config, overwrite=False, echo=print, verbose=None):
         throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose)
         checks = distribution.finish(model, echo)
         if not distribution.is_chief:
-            run.remove()  # its backup, deleted at the end of fit; nothing else is kept
+            run.remove()  # its backup; nothing else is kept
             return {**distribution.summary(), **checks}
         return score_and_write(config, distribution, run, model, splits, throughput, checks)
 
 
 def open_run(config, distribution, run, overwrite, echo):
-    """Refuse, clear or prepare the run directory; return the number of epochs already trained."""
-    refusal = None
+    """Refuse, clear or prepare the run directory; return the epochs already trained (None: finished)."""
+    refusal, finished = None, False
     try:
         if distribution.is_chief:
-            run.prepare(config, overwrite, distribution.batch)
+            finished = run.prepare(config, overwrite, distribution.batch)
         elif overwrite:
             run.remove()
     except TrainingError as e:
         refusal = e
-    first_epoch = distribution.agree_on_start(refusal, run)
+    first_epoch = distribution.agree_on_start(refusal, run, finished)
+    if first_epoch is None:
+        echo(f"{config.output_dir} already holds this finished run; its results are unchanged.")
+        return None
     if first_epoch >= config.epochs:
         echo(f"All {config.epochs} epochs were already trained; evaluating.")
     elif first_epoch:
@@ -143,34 +158,42 @@ def build_and_compile(config, distribution, splits, echo):
 
 
 def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose):
-    """Fit from `first_epoch` with the run's callbacks; return the throughput measured."""
+    """Load the newest state that loads, then fit the remaining epochs with the run's callbacks.
+
+    Returns:
+        The throughput measured.
+    """
     steps, info = _steps(splits, distribution), splits.info
     throughput = Throughput(steps * distribution.global_batch)
+    if first_epoch >= config.epochs:
+        return throughput
+    last = run.file("last.keras") if distribution.is_chief else None
+    loaded = restore(model, run.backups, steps, first_epoch, last, len(run.history()), echo)
+    if loaded != first_epoch and distribution.replicated:
+        raise TrainingError("a backup could not be loaded (see above): restart every worker with the same command")
+    first_epoch = loaded
     callbacks = [NaNGuard()]
     if distribution.is_chief:
         callbacks += [
             AtomicCheckpoint(run.file("best.keras"), monitor="val_accuracy",
                              initial_value_threshold=run.trim_history(first_epoch)),
             AtomicCheckpoint(run.file("last.keras")),
-            keras.callbacks.CSVLogger(run.file("history.csv"), append=True),
+            HistoryLog(run.append_history),
             tensorboard_callback(run.file("logs")),
         ]
     callbacks += [
         throughput,
         EpochSummary(config.epochs, steps, echo),
         *faults.callbacks(),
-        # Last: an epoch counts as done once its backup is written, after its other outputs.
-        keras.callbacks.BackupAndRestore(run.backup_dir, double_checkpoint=True),
+        EpochBackup(run.backups),  # last: an epoch counts as done once its backup is written
     ]
-    if first_epoch >= config.epochs:
-        return throughput
     train_ds = distribution.train_dataset(*splits.train, info, config.seed, first_epoch)
     val_ds = distribution.eval_dataset(*splits.val, info.num_classes)
     distribution.before_fit(model, info)
     try:
         with distribution.fit_scope():
             fit(model, train_ds, config.epochs, steps, validation_data=val_ds, callbacks=callbacks,
-                verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
+                initial_epoch=first_epoch, verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
     except KeyboardInterrupt:
         raise TrainingError(
             f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"
@@ -207,4 +230,5 @@ def score_and_write(config, distribution, run, model, splits, throughput, checks
         metrics.update(distribution=distribution.summary(), **checks)
     run.plot_history()
     run.write_json("metrics.json", metrics)
+    run.remove_backups()  # a finished run resumes nothing
     return metrics

@@ -1,4 +1,4 @@
-"""The callbacks of a training run: checkpoints, NaN guard, throughput, one line per epoch."""
+"""The callbacks of a training run: checkpoints, history, NaN guard, throughput, one line per epoch."""
 
 import math
 import os
@@ -36,6 +36,17 @@ class AtomicCheckpoint(keras.callbacks.Callback):
                 return
             self.best = value
         save_model_atomically(self.model, self.path)
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """Records each epoch's logs with `write(epoch, logs)` (`RunDirectory.append_history`: never a partial row)."""
+
+    def __init__(self, write):
+        super().__init__()
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write(epoch, logs or {})
 
 
 class NaNGuard(keras.callbacks.Callback):

@@ -7,7 +7,8 @@ import os
 import shutil
 
 from upanets_keras.run_lock import RunLock
-from upanets_keras.saving import atomic_write, remove_partial_saves
+from upanets_keras.saving import atomic_write, is_disk_full, remove_partial_saves
+from upanets_keras.training.backup import BackupStore
 from upanets_keras.training.config import TrainConfig, TrainingError
 
 RUN_FILES = (
@@ -28,7 +29,7 @@ class RunDirectory:
     Example:
     >>> run = RunDirectory("runs/digits")  # doctest: +SKIP
     >>> with run.lock():  # doctest: +SKIP
-    ...     run.prepare(config, overwrite=False, batch={"global_batch_size": 100, "lr": 0.1})
+    ...     finished = run.prepare(config, overwrite=False, batch={"global_batch_size": 100, "lr": 0.1})
     """
 
     def __init__(self, path):
@@ -39,36 +40,51 @@ class RunDirectory:
 
     @property
     def backup_dir(self):
-        """Keras' `BackupAndRestore` folder: the state of the last completed epoch."""
+        """The resume backups: the state of the last completed epochs."""
         return self.file("backup")
+
+    @property
+    def backups(self):
+        """The `BackupStore` of `backup_dir`."""
+        return BackupStore(self.backup_dir)
 
     def lock(self):
         """One process at a time per run directory."""
         return RunLock(self.path)
 
     def prepare(self, config, overwrite, batch):
-        """Refuse a finished run or one of other settings (unless `overwrite`), then make it writable.
+        """Refuse a run of other settings (unless `overwrite`), then make the folder writable.
 
         Args:
             config: the resolved `TrainConfig`.
             overwrite: replace whatever run is there.
-            batch: `{"global_batch_size", "lr"}` in use, compared with a run being resumed.
+            batch: `{"global_batch_size", "lr"}` in use, compared with the run there.
+
+        Returns:
+            True when the folder holds this same run, finished (nothing is changed).
         """
         out = self.path
-        if os.path.exists(self.file("metrics.json")) and not overwrite:
-            raise TrainingError(
-                f"{out} already holds a finished run; pass --overwrite to replace it or choose another --output-dir"
-            )
+        finished = os.path.exists(self.file("metrics.json"))
         if overwrite:
             self.clear()
         elif os.path.exists(self.file("config.json")):
             changed = self._changed_settings(config, batch)
             if changed:
+                state = "a finished run" if finished else "an unfinished run"
                 raise TrainingError(
-                    f"{out} holds an unfinished run with other settings ({', '.join(changed)}); re-run it "
-                    "with the same options to resume, or pass --overwrite to start over"
+                    f"{out} holds {state} with other settings ({', '.join(changed)}); re-run it with the same "
+                    "options, pass --overwrite to start over, or choose another --output-dir"
                 )
+            if finished:
+                self.remove_backups()  # left only by a kill between metrics.json and their removal
+                return True
+        elif finished:
+            raise TrainingError(
+                f"{out} holds a finished run without its config.json; pass --overwrite to replace it or choose "
+                "another --output-dir"
+            )
         remove_partial_saves(out)
+        self.backups.remove_partials()
         try:
             os.makedirs(out, exist_ok=True)
             probe = self.file(".write-test")
@@ -76,7 +92,10 @@ class RunDirectory:
                 pass
             os.remove(probe)
         except OSError as e:
+            if is_disk_full(e):
+                raise
             raise TrainingError(f"cannot write to output directory {out}: {e.strerror}") from None
+        return False
 
     def _changed_settings(self, config, batch):
         with open(self.file("config.json")) as f:
@@ -85,7 +104,8 @@ class RunDirectory:
         ours = dataclasses.asdict(config)
         changed = [k for k in ours if k not in NOT_IDENTITY and previous.get(k, defaults[k]) != ours[k]]
         before = saved.get("batch", saved.get("distribution", {}))
-        return changed + [k for k in ("global_batch_size", "lr") if k in before and before[k] != batch[k]]
+        return changed + [k for k in ("global_batch_size", "lr")
+                          if k in before and before[k] != batch[k] and k not in changed]
 
     def clear(self):
         """Delete every file a run writes (the lock stays)."""
@@ -101,36 +121,24 @@ class RunDirectory:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def backup_epoch(self, previous=False):
-        """Epochs completed in the backup (its previous copy with `previous`); 0 without one."""
-        path = os.path.join(self.backup_dir, "training_metadata.json" + (".bkp" if previous else ""))
-        if not os.path.exists(path):
-            return 0
-        with open(path) as f:
-            return int(json.load(f).get("epoch", 0))
+        """Epochs completed by the newest complete backup (the one before it with `previous`); 0 without one."""
+        epochs = self.backups.epochs()[1 if previous else 0:]
+        return epochs[0] if epochs else 0
 
     def roll_back_to(self, epoch):
-        """Make the backup hold `epoch` completed epochs, from its previous copy if need be.
+        """Make the newest backup the one of `epoch` (a worker an epoch ahead of another); False if it has none."""
+        return self.backups.roll_back_to(epoch)
 
-        A kill can land between two workers' end-of-epoch backups; a worker one
-        epoch ahead then falls back to its previous backup (double checkpointing).
-
-        Returns:
-            False when neither copy holds `epoch`.
-        """
-        if self.backup_epoch() == epoch:
-            return True
-        if epoch == 0:
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
-        elif self.backup_epoch(previous=True) == epoch:
-            for name in ("latest.weights.h5", "training_metadata.json"):
-                shutil.copyfile(os.path.join(self.backup_dir, name + ".bkp"), os.path.join(self.backup_dir, name))
-        else:
-            return False
-        return True
+    def remove_backups(self):
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
 
     def write_json(self, name, payload):
         with atomic_write(self.file(name)) as f:  # a half-written metrics.json would pass for a finished run
             json.dump(payload, f, indent=2)
+
+    def read_json(self, name):
+        with open(self.file(name)) as f:
+            return json.load(f)
 
     def history(self):
         """The rows of `history.csv` (one dict per completed epoch), [] without one."""
@@ -139,22 +147,30 @@ class RunDirectory:
         with open(self.file("history.csv"), newline="") as f:
             return list(csv.DictReader(f))
 
+    def _write_history(self, rows, fieldnames):
+        with atomic_write(self.file("history.csv"), newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append_history(self, epoch, logs):
+        """Add epoch `epoch`'s row to `history.csv` (rewritten whole, then renamed: never a partial row)."""
+        row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
+        rows = [r for r in self.history() if int(r["epoch"]) < epoch]
+        self._write_history(rows + [row], list(row))
+
     def trim_history(self, first_epoch):
         """Drop rows of epochs that will be re-run (a kill can land between two writes).
 
         Returns:
             The best validation accuracy of the rows kept, or None.
         """
-        path = self.file("history.csv")
-        if not os.path.exists(path):
+        if not os.path.exists(self.file("history.csv")):
             return None
         rows = self.history()
         keep = [r for r in rows if int(r["epoch"]) < first_epoch]
-        with atomic_write(path, newline="") as f:
-            if rows:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(keep)
+        if rows:
+            self._write_history(keep, list(rows[0]))
         values = [float(r["val_accuracy"]) for r in keep if r.get("val_accuracy")]
         return max(values) if values else None
 
@@ -186,3 +202,4 @@ class RunDirectory:
         fig.tight_layout()
         fig.savefig(self.file("history.png"), dpi=100)
         plt.close(fig)
+

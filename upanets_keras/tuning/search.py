@@ -1,5 +1,6 @@
 """`upanets-keras tune`: the search's configuration, its project folder, roles, and the final retraining."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,7 +14,8 @@ from upanets_keras import compat
 from upanets_keras import data as data_lib
 from upanets_keras.data import CACHE_MODES
 from upanets_keras.distribute import Distribution
-from upanets_keras.saving import save_model_atomically
+from upanets_keras.run_lock import LOCK_NAME, RunLock
+from upanets_keras.saving import resumable_when_disk_full, save_model_atomically
 from upanets_keras.search_space import SearchSpace
 from upanets_keras.training import EpochSummary, TrainConfig, fit, versions
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
@@ -118,7 +120,12 @@ def wait_for_chief(timeout):
 def prepare_project(config, project_dir, role, overwrite, payload):
     """Start over (`overwrite`), refuse a project of another search, or record a new one."""
     if overwrite and role != "worker" and os.path.isdir(project_dir):
-        shutil.rmtree(project_dir)
+        for name in set(os.listdir(project_dir)) - {LOCK_NAME}:  # the lock is held by this search
+            path = os.path.join(project_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
     path = os.path.join(project_dir, SEARCH_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -131,7 +138,7 @@ def prepare_project(config, project_dir, role, overwrite, payload):
                     "or choose another --project-name"
                 )
     elif role != "worker":
-        if os.path.isdir(project_dir) and os.listdir(project_dir):
+        if os.path.isdir(project_dir) and set(os.listdir(project_dir)) - {LOCK_NAME}:
             raise TuningError(
                 f"{project_dir} holds files that are not an upanets-keras search; pass --overwrite to replace "
                 "them or choose another --project-name"
@@ -214,6 +221,7 @@ def _make_tuner(config, hypermodel, allowed, report):
     oracle.max_trials = config.max_trials
     oracle.valid = lambda values: (values.get("filters"), values.get("blocks")) in allowed
     oracle.report = report
+    compat.write_keras_tuner_state_atomically()
     tuner_class = UPANetsHyperband if config.tuner == "hyperband" else UPANetsTuner
     tuner = tuner_class(oracle=oracle, hypermodel=hypermodel, directory=config.directory,
                         project_name=config.project_name)
@@ -244,9 +252,17 @@ def tune(config, overwrite=False, echo=print):
     config = config.resolved()
     role = distributed_role()
     splits, hypermodel, pairs = prepare_data(config)
-    info, space = splits.info, hypermodel.search_space
-    config.image_size = info.image_size
+    config.image_size = splits.info.image_size
     project_dir = os.path.join(config.directory, config.project_name)
+    # One search per project; a distributed search's workers share the chief's.
+    lock = contextlib.nullcontext() if role == "worker" else RunLock(project_dir, "search", "--project-name")
+    with lock, resumable_when_disk_full(project_dir):
+        return search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo)
+
+
+def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo):
+    """The search in `project_dir` (held by this process), then the table and the best configuration retrained."""
+    info, space = splits.info, hypermodel.search_space
     if role == "worker":
         wait_for_chief(config.connect_timeout)  # by then the chief has prepared the project
     prepare_project(config, project_dir, role, overwrite, {
