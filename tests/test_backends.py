@@ -176,7 +176,7 @@ def test_the_parity_and_optimizer_tests_pass_without_tensorflow(backend):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = proc.stdout.strip().splitlines()[-1]
     passed = int(summary.split(" passed")[0].split()[-1])
-    assert passed >= 12 and "failed" not in summary, summary
+    assert passed >= 11 and "failed" not in summary, summary  # 12 on JAX; the .pth-without-torch test skips on torch
 
 
 def cli(backend, *args, env=None, timeout=600):
@@ -253,6 +253,7 @@ def test_keras_files_give_the_same_logits_on_every_backend(trained_on):
 
 
 def test_backend_errors_are_one_line(tmp_path):
+    (tmp_path / "m.keras").write_bytes(b"")  # refused before it is read
     proc = cli("jax", "export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx"), "--format", "onnx")
     assert proc.returncode == 1 and "--backend tensorflow" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("jax", "train", *TINY, "--strategy", "multiworker", "-o", str(tmp_path / "w"))
@@ -266,6 +267,7 @@ def test_installing_for_jax_or_torch_leaves_tensorflow_out(tmp_path):
     requires = {}
     for backend in ("tensorflow", "jax"):
         env = {**os.environ, "UPANETS_KERAS_BACKEND": backend}
+        (tmp_path / backend).mkdir()
         subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path / backend)],
                        cwd=root, env=env, check=True, capture_output=True, timeout=120)
         text = next((tmp_path / backend).glob("*.egg-info/requires.txt")).read_text()
