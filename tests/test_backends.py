@@ -275,3 +275,24 @@ def test_installing_for_jax_or_torch_leaves_tensorflow_out(tmp_path):
     assert any(r.startswith("tensorflow") for r in requires["tensorflow"])
     assert not any(r.startswith("tensorflow") for r in requires["jax"])
     assert any(r.startswith("keras") for r in requires["jax"])
+
+
+WEIGHTS = """
+import json, sys, numpy as np, keras, upanets_keras
+model = upanets_keras.load_model(sys.argv[1])
+print(json.dumps([keras.ops.convert_to_numpy(w).ravel()[:50].tolist() for w in model.weights]))
+"""
+
+
+def test_a_jax_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_one(trained_on, tmp_path):
+    whole = trained_on("jax")
+    out = tmp_path / "killed"
+    killed = cli("jax", "train", *TINY, "-o", str(out), env=without_tensorflow("jax", UPANETS_FAULT_AT="mid_epoch"))
+    assert killed.returncode == -9 and not (out / "metrics.json").exists()
+    resumed = cli("jax", "train", *TINY, "-o", str(out))
+    assert resumed.returncode == 0 and "Resuming" in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]
+    rows = lambda run: [r.split(",")[:3] for r in (run / "history.csv").read_text().splitlines()]  # noqa: E731
+    assert rows(out) == rows(whole)  # each epoch once, with the uninterrupted run's figures
+    ours, theirs = (run_python("jax", WEIGHTS, str(run / "last.keras")) for run in (out, whole))
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
