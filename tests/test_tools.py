@@ -38,3 +38,35 @@ def test_towers_probe_split_batch_norm_computes_the_single_tower_function(capsys
     assert f64["max_logit_difference"] < 1e-12
     assert f64["largest_gradient"] > 1e-3
     assert f64["max_gradient_difference"] < 1e-10 * max(1.0, f64["largest_gradient"])
+
+
+def test_gpu_run_driver_records_its_parts_and_the_ratios(tmp_path):
+    """tools/gpu_run.py on the CPU: the environment part runs on JAX, a part past the budget is skipped and
+    said so, and the side-by-side ratios come from the parts' figures."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    gpu_run = load("gpu_run")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TOOLS.parent / "tests" / "no_tensorflow"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(TOOLS / "gpu_run.py"), "run", "--out", str(tmp_path), "--quick",
+                    "--wheels", str(tmp_path / "none"), "--only", "environment"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    result = json.loads((tmp_path / "gpu_run.json").read_text())
+    assert result["parts"]["environment"]["result"]["backend"] == "jax"  # the parts run without TensorFlow
+    late = gpu_run.Run(str(tmp_path / "late"), budget=0)
+    assert late.part("keras_upanets16", [sys.executable, "-c", "pass"], env, 60) is None
+    assert "budget" in json.loads((tmp_path / "late" / "gpu_run.json").read_text())["parts"]["keras_upanets16"]["skipped"]
+    figures = {"parts": {
+        "keras_x": {"result": [{"model": {"name": "upanets16"}, "batch_size": 100, "precision": p,
+                                "images_per_second": {"train": t, "inference": 2 * t}}
+                               for p, t in (("float32", 300.0), ("mixed_bfloat16", 400.0))]},
+        "reference_x": {"result": [{"variant": "upanets16", "batch_size": 100, "mode": m,
+                                    "train_images_per_second": t, "inference_images_per_second": t}
+                                   for m, t in (("float32_eager", 100.0), ("bf16_channels_last", 200.0))]},
+    }}
+    train, inference = gpu_run.ratios(figures)
+    assert train["vs_reference_float32_eager"] == 4.0 and train["vs_reference_best"] == 2.0
+    assert inference["reference_best_mode"] == "bf16_channels_last" and inference["vs_reference_best"] == 4.0
