@@ -296,3 +296,16 @@ def test_a_jax_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_o
     ours, theirs = (run_python("jax", WEIGHTS, str(run / "last.keras")) for run in (out, whole))
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_predict_runs_without_tensorflow(trained_on, tmp_path, backend):
+    from PIL import Image
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(image)
+    proc = cli(backend, "predict", str(trained_on(backend) / "best.keras"), str(image), "--top-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    probabilities = [t["probability"] for t in result["top"]]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
