@@ -10,6 +10,7 @@ True
 """
 
 import importlib
+import os
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -23,16 +24,6 @@ def name():
     import keras
 
     return keras.backend.backend()
-
-
-def require_tensorflow(what):
-    """Import TensorFlow for `what`, or raise one line saying how to get it."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise BackendError(f"{what} needs TensorFlow, which is not installed: pip install 'upanets-keras[tensorflow]' "
-                           "(any backend can run it afterwards)") from None
-    return tf
 
 
 def has_gpu():
@@ -114,8 +105,6 @@ def use_jax_compilation_cache():
     Returns:
         The folder, or None when not under JAX or turned off.
     """
-    import os
-
     setting = os.environ.get(JAX_CACHE_ENV)
     if name() != "jax" or setting == "0":
         return None
