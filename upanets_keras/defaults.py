@@ -1,0 +1,70 @@
+"""Every default and every choice list of the project, written once.
+
+The command line's options, `TrainConfig`, `TuneConfig` and the tuner's search
+space read their defaults here. Plain Python only (no Keras, no TensorFlow):
+the CLI loads this file for `--help` without importing the package.
+
+Example:
+>>> from upanets_keras.defaults import RECIPE
+>>> RECIPE["lr"], RECIPE["batch_size"]
+(0.1, 100)
+"""
+
+# The paper's network and recipe: batch 100, SGD lr 0.1, momentum 0.9, weight decay 5e-4
+# added to the gradient, cosine annealing to 0 over 200 epochs, no warm-up or smoothing.
+DATASET = "cifar10"
+FILTERS = 16
+BLOCKS = 1
+RECIPE = {
+    "epochs": 200,
+    "batch_size": 100,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "warmup_epochs": 0,
+    "label_smoothing": 0.0,
+    "val_split": 0.1,
+    "seed": 0,
+}
+
+VARIANTS = {
+    "upanets16": {"filters": 16, "blocks": 1},
+    "upanets32": {"filters": 32, "blocks": 1},
+    "upanets64": {"filters": 64, "blocks": 1},
+}
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "digits", "imagenet_resized")
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_CHOICES = ("auto", "on", "off")
+CACHE_MODES = ("auto", "memory", "disk")
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+BATCH_MODES = ("global", "per-replica")
+LR_SCALINGS = ("linear", "none")
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# Per-channel mean and standard deviation on the 0-1 scale (the reference's CIFAR values).
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORMALIZATIONS = {"none": None, "cifar": (CIFAR_MEAN, CIFAR_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+# `tune`: the search and the space searched when none is given.
+TUNE = {
+    "tuner": "random",
+    "max_trials": 10,
+    "epochs": 10,
+    "objective": "val_accuracy",
+    "connect_timeout": 30.0,
+    "directory": "runs/tune",
+}
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVES = {"val_accuracy": "val_accuracy", "efficiency": "val_efficiency"}
+TRIAL_STRATEGIES = ("auto", "one", "mirrored")
+SEARCH_SPACE = {"filters": [8, 16, 24, 32], "blocks": [1, 2]}
+# The searchable hyperparameters at the paper's values (tune's names: learning_rate is train's lr).
+PAPER_HYPERPARAMETERS = {
+    "filters": FILTERS,
+    "blocks": BLOCKS,
+    "learning_rate": RECIPE["lr"],
+    "weight_decay": RECIPE["weight_decay"],
+    "label_smoothing": RECIPE["label_smoothing"],
+}
