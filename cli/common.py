@@ -11,32 +11,28 @@ import tempfile
 import click
 
 
-def _load_runtime():
-    """`upanets_keras.runtime` (oneDNN settings), loaded before anything imports TensorFlow.
+def _load_light(module):
+    """`upanets_keras.<module>` (plain Python: oneDNN settings, defaults), without importing the package.
 
-    Loaded from its file because importing the package would import Keras and
-    TensorFlow, and `--help` must stay instant; registered under its own name,
-    so the package uses this same module later.
+    Importing the package would import Keras and TensorFlow, and `--help` must
+    stay instant; the module is registered under its own name, so the package
+    uses this same module later.
     """
-    name = "upanets_keras.runtime"
+    name = f"upanets_keras.{module}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.find_spec("upanets_keras")
-    path = os.path.join(os.path.dirname(spec.origin), "runtime.py")
+    path = os.path.join(os.path.dirname(spec.origin), f"{module}.py")
     module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
+    loaded = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = loaded
+    module_spec.loader.exec_module(loaded)
+    return loaded
 
 
-runtime = _load_runtime()
-
-NORMALIZATIONS = {
-    "none": None,
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+runtime = _load_light("runtime")  # first: oneDNN settings precede TensorFlow
+defaults = _load_light("defaults")
+RECIPE = defaults.RECIPE
 
 
 VERBOSE_ENV = "UPANETS_VERBOSE"
@@ -53,7 +49,7 @@ def verbose_requested():
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or "TF_CPP_MIN_LOG_LEVEL" in os.environ
 
 
-BACKENDS = ("tensorflow", "jax", "torch")  # upanets_keras.backend.BACKENDS, without importing Keras
+BACKENDS = defaults.BACKENDS
 BACKEND_INSTALL = {
     "tensorflow": "pip install 'upanets-keras[tensorflow]'",
     "jax": "pip install jax (on an NVIDIA GPU: pip install 'jax[cuda13]')",
@@ -117,8 +113,20 @@ def quiet_tensorflow():
                     click.echo(line, err=True)
 
 
+def is_user_error(error):
+    """Whether `error` is the user's to fix (shown as one line) rather than a bug (which keeps its traceback).
+
+    User errors are the library's `UPANetsError`s and operating-system errors
+    about a named file (missing, unreadable, not writable).
+    """
+    errors = sys.modules.get("upanets_keras.errors")  # not loaded: no library error can have been raised
+    if errors is not None and isinstance(error, errors.UPANetsError):
+        return True
+    return isinstance(error, OSError) and error.filename is not None
+
+
 def user_errors(func):
-    """Turn the library's user-facing errors into one-line CLI errors (exit 1)."""
+    """Show the library's user errors as one-line CLI errors (exit 1); anything else keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -127,12 +135,14 @@ def user_errors(func):
             return func(*args, **kwargs)
         except click.ClickException:
             raise
-        except (ValueError, OSError) as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise click.ClickException(message) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise click.ClickException(message) from None
 
     return wrapper
 
@@ -160,13 +170,9 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-# Kept literal (not imported from the library) so that `--help` does not load TensorFlow;
-# tests/test_cli.py checks they match the library's.
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "digits", "imagenet_resized")
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
-VARIANT_NAMES = ("upanets16", "upanets32", "upanets64")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-CACHE_MODES = ("auto", "memory", "disk")
+DATASETS, VARIANT_NAMES = defaults.DATASETS, tuple(defaults.VARIANTS)
+PRECISIONS, JIT_CHOICES, CACHE_MODES = defaults.PRECISIONS, defaults.JIT_CHOICES, defaults.CACHE_MODES
+STRATEGIES, BATCH_MODES, LR_SCALINGS = defaults.STRATEGIES, defaults.BATCH_MODES, defaults.LR_SCALINGS
 MODEL_HELP = "a .keras model, or an exported .tflite / .onnx file or SavedModel folder"
 
 

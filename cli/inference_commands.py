@@ -33,24 +33,15 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
     """
     import json
 
-    from upanets_keras import data as data_lib
     from upanets_keras.artifacts import load_artifact
-    from upanets_keras.evaluation import evaluate_arrays, plot_confusion_matrix
+    from upanets_keras.evaluation import evaluate_split, plot_confusion_matrix
 
     model = load_artifact(model_path)
-    if model.format == "keras" and "preprocess" not in {layer.name for layer in model.model.layers}:
+    if model.format == "keras" and model.model.pixel_mean is None:
         click.echo("warning: the model has no built-in normalisation; it is fed raw 0-255 pixels", err=True)
     names = model.class_names
-    splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=model.input_size, val_split=val_split,
-                                  seed=seed, cache=cache, cache_dir=cache_dir)
-    if splits.info.num_classes != len(names):
-        raise click.ClickException(
-            f"the model predicts {len(names)} classes but {dataset} has {splits.info.num_classes}; "
-            "evaluate it on the dataset it was trained for"
-        )
-    x, y = getattr(splits, split)
-    result = evaluate_arrays(model, x, y, batch_size)
-    result = {"model": model_path, "format": model.format, "dataset": dataset, "split": split, **result}
+    result = {"model": model_path, **evaluate_split(model, dataset, split, batch_size, data_dir=data_dir,
+                                                     val_split=val_split, seed=seed, cache=cache, cache_dir=cache_dir)}
     if plot:
         plot_confusion_matrix(result["confusion_matrix"], names, plot)
     if as_json:
@@ -64,26 +55,6 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
         click.echo(f"  {name:<20} {'n/a' if acc is None else f'{acc:.4f}'}")
     if plot:
         click.echo(f"confusion matrix written to {plot}")
-
-
-PREDICT_CHUNK = 1024  # images decoded and classified at a time, so folders of any size fit in memory
-
-
-def _write_predictions(rows, path, top_k):
-    """Write prediction rows as CSV or JSON (by extension), atomically."""
-    import csv
-    import json
-
-    from upanets_keras.saving import atomic_write
-
-    with atomic_write(path, newline="") as f:
-        if path.endswith(".json"):
-            json.dump(rows, f, indent=1)
-        else:
-            writer = csv.writer(f)
-            writer.writerow(["image"] + [f"{what}_{i + 1}" for i in range(top_k) for what in ("class", "probability")])
-            for row in rows:
-                writer.writerow([row["image"]] + [v for t in row["top"] for v in (t["class"], f"{t['probability']:.6f}")])
 
 
 @click.command()
@@ -106,10 +77,8 @@ def predict(model_path, images, top_k, as_json, output, overwrite):
     """
     import json
 
-    import numpy as np
-
     from upanets_keras.artifacts import load_artifact
-    from upanets_keras.data import decode_image_files, list_image_files, load_image_files
+    from upanets_keras.inference import classify_files, write_predictions
 
     if output and not output.endswith((".csv", ".json")):
         raise click.BadParameter("must end in .csv or .json", param_hint="--output")
@@ -122,30 +91,12 @@ def predict(model_path, images, top_k, as_json, output, overwrite):
             f"{top_k} is more than the model's {len(names)} classes; use --top-k {len(names)} or fewer",
             param_hint="-k/--top-k")
     k = top_k or min(5, len(names))
-    files = [f for image in images for f in (list_image_files(image) if os.path.isdir(image) else [image])]
-    if not files:
-        raise click.ClickException(f"no image files in {', '.join(images)}: pass image files or folders of images")
-    explicit = {image for image in images if not os.path.isdir(image)}
     rows = []
-    for start in range(0, len(files), PREDICT_CHUNK):
-        chunk = files[start:start + PREDICT_CHUNK]
-        if explicit.issuperset(chunk):
-            x, ok = load_image_files(chunk, model.input_size), np.ones(len(chunk), bool)
-        else:
-            x, ok = decode_image_files(chunk, model.input_size)
-        if not len(x):
-            continue
-        logits = np.asarray(model.predict(x.astype("float32"), batch_size=100), dtype="float64")
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        for path, p in zip([f for f, good in zip(chunk, ok) if good], probs):
-            order = np.argsort(-p)[:k]
-            top = [{"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]
-            rows.append({"image": path, "top": top})
-            if as_json:
-                click.echo(json.dumps({"image": path, "top": top}))
-            else:
-                click.echo(path + ": " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top))
+    for row in classify_files(model, images, k):
+        rows.append(row)
+        top = row["top"]
+        click.echo(json.dumps(row) if as_json else row["image"] + ": " + ", ".join(
+            f"{t['class']} {t['probability']:.3f}" for t in top))
     if output:
-        _write_predictions(rows, output, k)
+        write_predictions(rows, output, k)
         click.echo(f"{len(rows)} results written to {output}", err=True)

@@ -5,8 +5,10 @@ import os
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, NORMALIZATIONS, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, user_errors,
+    DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, user_errors,
 )
+
+NORMALIZATIONS = defaults.NORMALIZATIONS
 
 EXPORT_FORMATS = ["saved_model", "litert", "onnx"]  # upanets_keras.export.FORMATS, without importing TensorFlow
 
@@ -24,9 +26,8 @@ def models(num_classes, image_size):
         model = upanets_keras.create_model(
             name, num_classes=num_classes, input_shape=(image_size, image_size, 3)
         )
-        config = upanets_keras.variants.variant_config(name)
         count = upanets_keras.count_parameters(model)
-        click.echo(f"{name:<12}{config['filters']:>8}{config['blocks']:>8}{count:>14,}")
+        click.echo(f"{name:<12}{model.filters:>8}{model.blocks:>8}{count:>14,}")
     click.echo(f"(for {num_classes} classes, {image_size}x{image_size} RGB input)")
 
 
@@ -59,27 +60,17 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
     if not output.endswith(".keras"):
         raise click.BadParameter("the output file must end in .keras", param_hint="-o/--output")
     check_output_path(output, overwrite)
-    from upanets_keras import build_upanets, count_parameters
+    from upanets_keras import count_parameters
     from upanets_keras.saving import save_model_atomically
-    from upanets_keras.weights import infer_config, load_reference_weights, read_state_dict
+    from upanets_keras.weights import model_from_checkpoint
 
-    state = read_state_dict(checkpoint)
-    guessed = infer_config(state)
-    given = (filters, blocks, num_classes, image_size)
-    f, b, c, s = (g if g is not None else d for g, d in zip(given, guessed))
-    stats = NORMALIZATIONS[normalization]
-    model = build_upanets(
-        filters=f,
-        blocks=b,
-        num_classes=c,
-        input_shape=(s, s, 3),
-        pixel_mean=stats[0] if stats else None,
-        pixel_std=stats[1] if stats else None,
-    )
-    load_reference_weights(model, state)
+    stats = NORMALIZATIONS[normalization] or (None, None)
+    model = model_from_checkpoint(checkpoint, filters, blocks, num_classes, image_size, pixel_mean=stats[0],
+                                  pixel_std=stats[1])
     save_model_atomically(model, output)
     click.echo(
-        f"Wrote {output}: UPANets filters={f} blocks={b} classes={c} input={s}x{s}, "
+        f"Wrote {output}: UPANets filters={model.filters} blocks={model.blocks} classes={model.num_classes} "
+        f"input={model.image_shape[0]}x{model.image_shape[1]}, "
         f"{count_parameters(model):,} parameters"
     )
 
@@ -116,28 +107,19 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
         raise click.ClickException(
             f"export converts with TensorFlow, and this runs the {os.environ.get('KERAS_BACKEND')} backend: run "
             "upanets-keras --backend tensorflow export ... (a model trained on any backend exports)")
-    from upanets_keras.export import check_request, export_model
+    import upanets_keras
+    from upanets_keras.export import check_request, dataset_images, export_model
 
-    calibration = None
+    calibration, check = None, None
     if quantize == "int8" and dataset is None:
         raise click.UsageError("--quantize int8 needs calibration images: add --dataset (and --data-dir)")
     check_request(output, format_, quantize, calibration=() if quantize == "int8" else None)
     if os.path.lexists(output) and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
-    import numpy as np
-
-    import upanets_keras
-    from upanets_keras import data as data_lib
-
     model = upanets_keras.load_model(model_path)
-    check = None
     if dataset:
-        splits = data_lib.load_splits(dataset, data_dir=data_dir, image_size=model.input_shape[1], cache=cache,
-                                      cache_dir=cache_dir)
-        x_train = splits.train[0]
-        pick = np.random.default_rng(0).permutation(len(x_train))[:calibration_images]
-        calibration = x_train[np.sort(pick)].astype("float32") if quantize == "int8" else None
-        check = splits.test[0][:64].astype("float32")
+        calibration, check = dataset_images(dataset, model.image_shape[0], calibration_images, quantize == "int8",
+                                            data_dir=data_dir, cache=cache, cache_dir=cache_dir)
     click.echo(f"exporting {model_path} as {format_}{' (' + quantize + ')' if quantize else ''}...", err=True)
     report = export_model(model, output, format_, quantize=quantize, calibration=calibration, check_images=check,
                           overwrite=overwrite)
@@ -151,13 +133,13 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
 
 @click.command()
 @click.option("--variant", type=click.Choice(VARIANT_NAMES), help="A named variant (overrides --filters/--blocks).")
-@click.option("--filters", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--blocks", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--filters", default=defaults.FILTERS, show_default=True, type=click.IntRange(min=1))
+@click.option("--blocks", default=defaults.BLOCKS, show_default=True, type=click.IntRange(min=1))
 @click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=defaults.RECIPE["batch_size"], show_default=True, type=click.IntRange(min=1))
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8))
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
-@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed repetitions of each measurement (the median is reported).")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls first (tracing, compilation).")
 @click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory", show_default=True,

@@ -1,42 +1,41 @@
 """`train` and `tune`: the paper's recipe, and the keras-tuner search of width and depth."""
 
-import os
-
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, PRECISIONS, STRATEGIES, VARIANT_NAMES, FiniteFloatRange, cache_options, load_config_file, user_errors,
+    BATCH_MODES, DATASETS, JIT_CHOICES, LR_SCALINGS, PRECISIONS, RECIPE, STRATEGIES, VARIANT_NAMES, FiniteFloatRange,
+    cache_options, defaults, load_config_file, user_errors,
 )
 
 
 @click.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_config_file,
               is_eager=True, expose_value=False, help="YAML/JSON file of defaults for any option below.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS), default=defaults.DATASET, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder (tfds data dir, CIFAR archives, tiny-imagenet-200/, or an image folder).")
 @click.option("--variant", type=click.Choice(VARIANT_NAMES), help="A named variant (overrides --filters/--blocks).")
-@click.option("--filters", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--blocks", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--filters", default=defaults.FILTERS, show_default=True, type=click.IntRange(min=1))
+@click.option("--blocks", default=defaults.BLOCKS, show_default=True, type=click.IntRange(min=1))
 @click.option("--image-size", type=click.IntRange(min=8), help="Resize images to this side [default: the dataset's].")
-@click.option("--epochs", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1), help="The global batch, split evenly over the replicas (see --batch-mode).")
-@click.option("--lr", default=0.1, show_default=True, type=FiniteFloatRange(min=0, min_open=True), help="Peak learning rate for a batch of --batch-size, cosine-annealed to 0 (see --lr-scaling).")
-@click.option("--momentum", default=0.9, show_default=True, type=FiniteFloatRange(0, 1))
-@click.option("--weight-decay", default=5e-4, show_default=True, type=FiniteFloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
-@click.option("--warmup-epochs", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--label-smoothing", default=0.0, show_default=True, type=FiniteFloatRange(0, 1, max_open=True))
-@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--epochs", default=RECIPE["epochs"], show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=RECIPE["batch_size"], show_default=True, type=click.IntRange(min=1), help="The global batch, split evenly over the replicas (see --batch-mode).")
+@click.option("--lr", default=RECIPE["lr"], show_default=True, type=FiniteFloatRange(min=0, min_open=True), help="Peak learning rate for a batch of --batch-size, cosine-annealed to 0 (see --lr-scaling).")
+@click.option("--momentum", default=RECIPE["momentum"], show_default=True, type=FiniteFloatRange(0, 1))
+@click.option("--weight-decay", default=RECIPE["weight_decay"], show_default=True, type=FiniteFloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
+@click.option("--warmup-epochs", default=RECIPE["warmup_epochs"], show_default=True, type=click.IntRange(min=0))
+@click.option("--label-smoothing", default=RECIPE["label_smoothing"], show_default=True, type=FiniteFloatRange(0, 1, max_open=True))
+@click.option("--val-split", default=RECIPE["val_split"], show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
+@click.option("--seed", default=RECIPE["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
-@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-upanetsF].")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
               help="tf.distribute strategy. auto: mirrored when more than one GPU is visible, else one device; "
               "multiworker: MultiWorkerMirroredStrategy over the machines in the TF_CONFIG environment variable.")
-@click.option("--batch-mode", type=click.Choice(["global", "per-replica"]), default="global", show_default=True,
+@click.option("--batch-mode", type=click.Choice(BATCH_MODES), default="global", show_default=True,
               help="global: --batch-size is the whole step's batch (must divide by the replicas); "
               "per-replica: each replica takes --batch-size, the global batch is that times the replicas.")
-@click.option("--lr-scaling", type=click.Choice(["linear", "none"]), default="linear", show_default=True,
+@click.option("--lr-scaling", type=click.Choice(LR_SCALINGS), default="linear", show_default=True,
               help="linear: lr x global batch / --batch-size (x replicas in per-replica mode, x1 in global mode); "
               "none: --lr as given.")
 @click.option("--sync-batchnorm/--no-sync-batchnorm", default=True, show_default=True,
@@ -61,16 +60,15 @@ def train(overwrite, **options):
     """
     from upanets_keras.training import TrainConfig, train as run_training
 
-    if not options["output_dir"]:
-        options["output_dir"] = os.path.join("runs", f"{options['dataset']}-{options['variant'] or 'upanets%d' % options['filters']}")
-    metrics = run_training(TrainConfig(**options), overwrite=overwrite, echo=click.echo)
+    config = TrainConfig(**options).resolved()
+    metrics = run_training(config, overwrite=overwrite, echo=click.echo)
     if not metrics.get("chief", True):
-        click.echo(f"worker {metrics['rank']} done; the chief writes the results in {options['output_dir']}")
+        click.echo(f"worker {metrics['rank']} done; the chief writes the results in {config.output_dir}")
         return
     click.echo(
         f"test accuracy {metrics['test_accuracy']:.4f}  top-5 {metrics['test_top5_accuracy']:.4f}  "
         f"loss {metrics['test_loss']:.4f}  (best epoch {metrics['best_epoch']}, "
-        f"val {metrics['best_val_accuracy']:.4f}); results in {options['output_dir']}"
+        f"val {metrics['best_val_accuracy']:.4f}); results in {config.output_dir}"
     )
 
 
@@ -95,13 +93,13 @@ SPACE_HELP = "choices a,b,c or a range MIN:MAX"
 @click.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_config_file,
               is_eager=True, expose_value=False, help="YAML/JSON file of option defaults.")
-@click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASETS), default=defaults.DATASET, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder, as for train.")
 @click.option("--image-size", type=click.IntRange(min=8), help="Resize images to this side [default: the dataset's].")
-@click.option("--tuner", type=click.Choice(["random", "bayesian", "hyperband"]), default="random", show_default=True)
-@click.option("--max-trials", default=10, show_default=True, type=click.IntRange(min=1), help="Trials to run in all (over every worker).")
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Epochs per trial (hyperband: the most per trial).")
-@click.option("--objective", type=click.Choice(["val_accuracy", "efficiency"]), default="val_accuracy", show_default=True,
+@click.option("--tuner", type=click.Choice(defaults.TUNERS), default=defaults.TUNE["tuner"], show_default=True)
+@click.option("--max-trials", default=defaults.TUNE["max_trials"], show_default=True, type=click.IntRange(min=1), help="Trials to run in all (over every worker).")
+@click.option("--epochs", default=defaults.TUNE["epochs"], show_default=True, type=click.IntRange(min=1), help="Epochs per trial (hyperband: the most per trial).")
+@click.option("--objective", type=click.Choice(list(defaults.OBJECTIVES)), default=defaults.TUNE["objective"], show_default=True,
               help="efficiency: validation accuracy per million parameters (the paper's Acc/Params).")
 @click.option("--max-params", callback=parse_parameter_budget, help="Reject configurations over this many parameters before training (e.g. 2M, 500k).")
 @click.option("--filters", help=f"Base widths to try, {SPACE_HELP.split(' or ')[0]}; each a multiple of 4*blocks [default: 8,16,24,32].")
@@ -111,17 +109,17 @@ SPACE_HELP = "choices a,b,c or a range MIN:MAX"
 @click.option("--label-smoothing", help=f"Search label smoothing: {SPACE_HELP} [default: 0, not searched].")
 @click.option("--search-space", type=click.Path(exists=True, dir_okay=False),
               help="YAML/JSON file mapping hyperparameters to choices, {min, max, sampling} or a value; the options above win.")
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=RECIPE["batch_size"], show_default=True, type=click.IntRange(min=1))
 @click.option("--final-epochs", type=click.IntRange(min=0), help="Epochs to retrain the best configuration on train+validation; 0 skips [default: --epochs].")
-@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--val-split", default=RECIPE["val_split"], show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--seed", default=RECIPE["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
-@click.option("--directory", default=os.path.join("runs", "tune"), show_default=True, type=click.Path(file_okay=False), help="Folder of tuning projects (shared by all machines of a distributed search).")
+@click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True)
+@click.option("--directory", default=defaults.TUNE["directory"], show_default=True, type=click.Path(file_okay=False), help="Folder of tuning projects (shared by all machines of a distributed search).")
 @click.option("--project-name", help="Project folder inside --directory [default: the dataset name].")
 @click.option("--overwrite", is_flag=True, help="Start the search over, deleting the project's trials.")
-@click.option("--connect-timeout", default=30.0, show_default=True, type=FiniteFloatRange(min=1), help="Seconds a worker waits for the chief before giving up.")
-@click.option("--strategy", type=click.Choice(["auto", "one", "mirrored"]), default="auto", show_default=True,
+@click.option("--connect-timeout", default=defaults.TUNE["connect_timeout"], show_default=True, type=FiniteFloatRange(min=1), help="Seconds a worker waits for the chief before giving up.")
+@click.option("--strategy", type=click.Choice(defaults.TRIAL_STRATEGIES), default="auto", show_default=True,
               help="tf.distribute strategy of each trial. auto: mirrored when more than one GPU is visible; "
                    "--batch-size is then the global batch, split over the GPUs.")
 @cache_options

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import time
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -102,13 +103,31 @@ def test_non_upanets_keras_file_is_refused(tmp_path):
         upanets_keras.load_model(tmp_path / "junk.keras")
 
 
-def test_the_cli_lists_what_the_library_knows():
-    """The CLI keeps its choices literal (so --help loads no TensorFlow); they must match the library's."""
-    from upanets_keras import data, distribute, training
-    from upanets_keras_cli import common
+def test_the_cli_offers_what_the_library_accepts_with_the_same_defaults():
+    """Every choice of `train` passes TrainConfig's checks, its defaults are TrainConfig's, and the datasets are those registered."""
+    import dataclasses
 
-    assert common.DATASETS == data.DATASET_NAMES
-    assert common.CACHE_MODES == data.CACHE_MODES
-    assert common.STRATEGIES == distribute.STRATEGIES
-    assert common.PRECISIONS == training.PRECISIONS
-    assert common.VARIANT_NAMES == tuple(__import__("upanets_keras").list_models())
+    from upanets_keras import data, defaults
+    from upanets_keras.training import TrainConfig
+    from upanets_keras_cli.main import cli
+
+    assert cli.commands["train"].params  # the command is there
+    assert tuple(data.DATASET_NAMES) == defaults.DATASETS
+    assert tuple(__import__("upanets_keras").list_models()) == tuple(defaults.VARIANTS)
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    checked = 0
+    for param in cli.commands["train"].params:
+        if param.name not in fields or param.name == "output_dir":
+            continue
+        default = param.get_default(click.Context(cli.commands["train"]))
+        default = None if default is getattr(click.core, "UNSET", None) else default  # click >= 8.3: no default
+        assert default == fields[param.name], param.name
+        if isinstance(param.type, click.Choice):
+            for choice in param.type.choices:
+                TrainConfig(**{param.name: choice}).resolved()
+            checked += 1
+    assert checked >= 7
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if param.name in ("batch_size", "seed", "val_split"):
+                assert param.get_default(click.Context(command)) == defaults.RECIPE[param.name], (name, param.name)

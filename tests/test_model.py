@@ -7,7 +7,10 @@ import pytest
 import keras
 
 import upanets_keras
-from upanets_keras import build_upanets, count_parameters, create_model, list_models
+from upanets_keras import UPANets, build_upanets, count_parameters, create_model, list_models
+from upanets_keras.saving import ModelFileError, load_model
+
+from conftest import FIXTURES
 
 
 def test_parameter_counts_equal_the_reference(fixtures):
@@ -96,9 +99,12 @@ def test_saved_model_reloads_in_a_fresh_process_with_safe_mode(tmp_path):
     np.testing.assert_array_equal(again(x, training=False).numpy(), expected)
 
 
-def test_functional_config_round_trip():
-    model = build_upanets(filters=4, num_classes=3, input_shape=(16, 16, 3))
-    clone = keras.Model.from_config(model.get_config())
+def test_config_round_trip():
+    model = build_upanets(filters=4, num_classes=3, input_shape=(16, 16, 3), class_names=["a", "b", "c"],
+                          pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.25, 0.25, 0.25))
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert isinstance(clone, UPANets) and clone.get_config() == model.get_config()
+    assert clone.labels == ["a", "b", "c"] and clone.pixel_mean == (0.5, 0.5, 0.5)
     assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
     assert count_parameters(clone) == count_parameters(model)
 
@@ -118,3 +124,43 @@ def test_explicit_bfloat16_dtype_argument():
     y = model(np.random.rand(2, 16, 16, 3).astype("float32"))
     assert model.get_layer("stage4_block0_cpa").compute_dtype == "bfloat16"
     assert y.dtype == "float32"
+
+
+def test_saved_model_knows_its_config_and_keeps_its_precision(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_upanets(filters=4, num_classes=3, input_shape=(16, 16, 3), class_names=["x", "y", "z"])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, UPANets) and loaded.get_config() == model.get_config()
+    assert loaded.get_layer("root_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert loaded.get_layer("logits").dtype_policy.name == "float32"
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_files_of_version_0_1_0_load_as_the_class():
+    """tests/fixtures/legacy-0.1.0.keras: saved before UPANets was a class (class names in a layer)."""
+    fixture = np.load(FIXTURES / "legacy-0.1.0-logits.npz")
+    model = load_model(FIXTURES / "legacy-0.1.0.keras")
+    assert isinstance(model, UPANets)
+    assert model.labels == ["cat", "dog", "emu"] and (model.filters, model.blocks, model.num_classes) == (4, 1, 3)
+    np.testing.assert_allclose(model.pixel_std, (0.2, 0.25, 0.3), rtol=1e-6)
+    np.testing.assert_allclose(model.predict(fixture["x"], verbose=0), fixture["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_keras_model_that_is_not_upanets_is_refused(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(tmp_path / "other.keras")
+    with pytest.raises(ModelFileError, match="not a UPANets model"):
+        load_model(tmp_path / "other.keras")
+
+
+def test_headless_model_ends_at_the_pooled_features_with_the_same_layer_names():
+    full = build_upanets(filters=4, num_classes=3, input_shape=(16, 16, 3))
+    headless = build_upanets(filters=4, num_classes=3, input_shape=(16, 16, 3), include_top=False)
+    assert headless.output_shape == (None, 31 * 4)
+    assert [layer.name for layer in headless.layers] == [layer.name for layer in full.layers][:-1]
+    assert full.layers[-1].name == "logits"

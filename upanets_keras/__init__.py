@@ -3,6 +3,8 @@
 Example:
 >>> import upanets_keras
 >>> model = upanets_keras.create_model("upanets16", num_classes=10)
+>>> model.get_config()["filters"]
+16
 """
 
 __version__ = "0.1.0"
@@ -16,7 +18,8 @@ from upanets_keras.layers import (  # noqa: E402
     ReferenceBatchNormalization,
     SpatialPixelAttention,
 )
-from upanets_keras.model import apply_upa_block, build_upanets  # noqa: E402
+from upanets_keras.errors import UPANetsError  # noqa: E402
+from upanets_keras.model import UPANets, apply_upa_block, build_upanets  # noqa: E402
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: E402
 from upanets_keras.saving import load_model  # noqa: E402
 from upanets_keras.variants import count_parameters, create_model, list_models  # noqa: E402
@@ -32,6 +35,8 @@ __all__ = [
     "ReferenceBatchNormalization",
     "ReferenceSGD",
     "SpatialPixelAttention",
+    "UPANets",
+    "UPANetsError",
     "apply_upa_block",
     "build_upanets",
     "count_parameters",

@@ -16,11 +16,12 @@ import tempfile
 
 import numpy as np
 
+from upanets_keras.errors import UPANetsError
 from upanets_keras.formats import EXTRA_HINT, labels_path
 from upanets_keras.runtime import available_cpus
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UPANetsError, ValueError):
     """A file that is not a model this package can run."""
 
 
@@ -122,11 +123,11 @@ class _KerasRunner(_Runner):
     format = "keras"
 
     def __init__(self, path):
-        from upanets_keras.saving import class_names_of, load_model
+        from upanets_keras.saving import load_model
 
         self.model = load_model(path)
         self.input_size = int(self.model.input_shape[1])
-        self.class_names = class_names_of(self.model)
+        self.class_names = self.model.labels
 
     def predict(self, x, batch_size=100, verbose=0):
         return np.asarray(self.model.predict(np.asarray(x, np.float32), batch_size=batch_size, verbose=0))

@@ -12,10 +12,12 @@ True
 import importlib
 import os
 
+from upanets_keras.errors import UPANetsError
+
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-class BackendError(ValueError):
+class BackendError(UPANetsError, ValueError):
     """A backend that cannot do what was asked (the message says what to install or pass)."""
 
 

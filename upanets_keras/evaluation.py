@@ -78,3 +78,31 @@ def plot_confusion_matrix(confusion, class_names, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate_split(model, dataset, split="test", batch_size=100, **data_options):
+    """Score a runner from `artifacts.load_artifact` on a split of `dataset`, as `train` split it.
+
+    Args:
+        model: what `load_artifact` returned (`.keras` or an exported artifact).
+        dataset: a registered dataset name.
+        split: `test`, `val` or `train`.
+        batch_size: images per forward pass.
+        **data_options: `data_dir`, `val_split`, `seed`, `cache`, `cache_dir` (as in training, so
+            the validation split is the same).
+
+    Returns:
+        `evaluate_arrays`' dict with `dataset`, `split` and `format` added.
+
+    Example:
+    >>> evaluate_split(load_artifact("best.keras"), "digits")["accuracy"]  # doctest: +SKIP
+    """
+    from upanets_keras import data as data_lib
+
+    splits = data_lib.load_splits(dataset, image_size=model.input_size, **data_options)
+    if splits.info.num_classes != len(model.class_names):
+        raise data_lib.DataError(
+            f"the model predicts {len(model.class_names)} classes but {dataset} has {splits.info.num_classes}; "
+            "evaluate it on the dataset it was trained for")
+    x, y = getattr(splits, split)
+    return {"format": model.format, "dataset": dataset, "split": split, **evaluate_arrays(model, x, y, batch_size)}

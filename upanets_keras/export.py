@@ -20,13 +20,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from upanets_keras.errors import UPANetsError
 from upanets_keras.formats import EXTRA_HINT, FORMATS, labels_path  # noqa: F401 (re-exported)
 
 QUANTIZATIONS = ("float16", "int8")
 ONNX_OPSET = 17
 
 
-class ExportError(ValueError):
+class ExportError(UPANetsError, ValueError):
     """An export that cannot be made, or an artifact that does not compute the model's function."""
 
 
@@ -50,11 +51,7 @@ def float32_model(model):
     """`model` itself if it computes in float32, else a float32 copy with the same weights."""
     if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers):
         return model
-
-    def clone(layer):
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
-
-    copy = keras.models.clone_model(model, clone_function=clone)
+    copy = model.__class__.from_config({**model.get_config(), "dtype": "float32"})
     copy.set_weights(model.get_weights())
     return copy
 
@@ -141,13 +138,11 @@ def write_artifact(model, path, format, quantize=None, calibration=None):
             data = _litert_bytes(model, quantize, calibration) if format == "litert" else _onnx_bytes(model)
         with open(path, "wb") as f:
             f.write(data)
-    from upanets_keras.saving import class_names_of
-
     label_file = labels_path(path) if format == "saved_model" else None
     if label_file:
         os.makedirs(os.path.dirname(label_file), exist_ok=True)
         with open(label_file, "w") as f:
-            f.write("\n".join(class_names_of(model)) + "\n")
+            f.write("\n".join(model.labels) + "\n")
 
 
 def _size(path):
@@ -241,8 +236,24 @@ def export_model(model, path, format, quantize=None, calibration=None, check_ima
     finally:
         _remove(tmp)
     if format != "saved_model":
-        from upanets_keras.saving import class_names_of
-
         with open(labels_path(path), "w") as f:
-            f.write("\n".join(class_names_of(model)) + "\n")
+            f.write("\n".join(model.labels) + "\n")
     return report
+
+
+def dataset_images(dataset, image_size, calibration_images=300, int8=False, **data_options):
+    """`(calibration, check)` images of a dataset for `export_model`, NHWC float32 0-255.
+
+    `calibration` (int8 only, else None): `calibration_images` training images
+    drawn with a fixed seed; `check`: the first 64 test images.
+
+    Example:
+    >>> calibration, check = dataset_images("digits", 32, int8=True)  # doctest: +SKIP
+    """
+    from upanets_keras import data as data_lib
+
+    splits = data_lib.load_splits(dataset, image_size=image_size, **data_options)
+    x_train = splits.train[0]
+    pick = np.sort(np.random.default_rng(0).permutation(len(x_train))[:calibration_images])
+    calibration = x_train[pick].astype("float32") if int8 else None
+    return calibration, splits.test[0][:64].astype("float32")

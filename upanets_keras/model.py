@@ -1,10 +1,18 @@
-"""The UPANets functional-model builder and its blocks."""
+"""The UPANets model class, its builder and its blocks.
+
+`UPANets` is a registered functional model whose `get_config` holds every
+constructor argument (width, depth, classes, input shape, class names,
+normalisation), so a saved `.keras` file knows what it is.
+"""
 
 import keras
 
+from upanets_keras.defaults import BLOCKS, FILTERS
+from upanets_keras.errors import ConfigError
+
 from upanets_keras.layers import (
+    PACKAGE,
     ChannelPixelAttention,
-    ClassLabels,
     ParameterFreeLayerNorm,
     ReferenceBatchNormalization,
     SpatialPixelAttention,
@@ -21,21 +29,21 @@ def _is_int(value):
 
 
 def validate_config(filters, blocks, num_classes, input_shape):
-    """Check builder arguments; raise `ValueError` naming the first bad one.
+    """Check builder arguments; raise `ConfigError` (a `ValueError`) naming the first bad one.
 
     Returns:
         `input_shape` as a tuple of ints.
     """
     if not _is_int(blocks) or blocks < 1:
-        raise ValueError(f"`blocks` must be an integer >= 1. Received: blocks={blocks!r}")
+        raise ConfigError(f"`blocks` must be an integer >= 1. Received: blocks={blocks!r}")
     n = 4 * blocks
     if not _is_int(filters) or filters < 1 or filters % n:
-        raise ValueError(
+        raise ConfigError(
             f"`filters` must be a positive multiple of 4*blocks={n} (the reference network "
             f"only closes its head for those). Received: filters={filters!r}"
         )
     if not _is_int(num_classes) or num_classes < 2:
-        raise ValueError(
+        raise ConfigError(
             f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}"
         )
     try:
@@ -48,7 +56,7 @@ def validate_config(filters, blocks, num_classes, input_shape):
         or shape[0] % 8
         or shape[1] % 8
     ):
-        raise ValueError(
+        raise ConfigError(
             "`input_shape` must be (height, width, channels) with height and width positive "
             f"multiples of 8. Received: input_shape={input_shape!r}"
         )
@@ -129,18 +137,45 @@ def apply_extreme_connection(features, dtype=None):
     return keras.layers.Concatenate(axis=-1, name="head_concat", dtype=dtype)(heads[::-1])
 
 
-def build_upanets(
-    filters=16,
-    blocks=1,
-    num_classes=10,
-    input_shape=(32, 32, 3),
-    name=None,
-    dtype=None,
-    pixel_mean=None,
-    pixel_std=None,
-    class_names=None,
-):
-    """Build UPANets as a Keras functional model returning logits.
+def _check_normalization(pixel_mean, pixel_std, channels):
+    if (pixel_mean is None) != (pixel_std is None):
+        raise ConfigError(
+            "`pixel_mean` and `pixel_std` go together. "
+            f"Received: pixel_mean={pixel_mean!r}, pixel_std={pixel_std!r}"
+        )
+    if pixel_mean is not None and (len(pixel_mean) != channels or len(pixel_std) != channels):
+        raise ConfigError(
+            f"`pixel_mean` and `pixel_std` need one value per channel ({channels}). "
+            f"Received: pixel_mean={pixel_mean!r}, pixel_std={pixel_std!r}"
+        )
+
+
+def apply_preprocess(x, pixel_mean, pixel_std, dtype=None):
+    """`(x / 255 - mean) / std` as a `Normalization` layer named `preprocess`."""
+    return keras.layers.Normalization(
+        mean=[255.0 * m for m in pixel_mean],
+        variance=[(255.0 * s) ** 2 for s in pixel_std],
+        name="preprocess",
+        dtype=dtype,
+    )(x)
+
+
+def apply_features(x, filters, blocks, dtype=None):
+    """The network up to its classifier: stem, four stages, extreme connection and head BatchNorm."""
+    root = apply_conv_unit(x, filters * WIDEN, "root", 1, dtype=dtype)
+    root = apply_conv_unit(root, filters, "root", 2, dtype=dtype)
+    out = ChannelPixelAttention(filters, same=True, name="emb_cpa", dtype=dtype)([x, root])
+    features = [out]
+    for stage in range(1, NUM_STAGES + 1):
+        out = apply_stage(out, filters * 2 ** (stage - 1), 4 * blocks, stage, dtype=dtype)
+        features.append(out)
+    h = apply_extreme_connection(features, dtype=dtype)
+    return ReferenceBatchNormalization(name="head_bn", dtype=dtype)(h)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class UPANets(keras.Model):
+    """UPANets as a Keras functional model: images in, logits (or pooled features) out.
 
     Args:
         filters: base width `f` (the paper's UPANets16/32/64); a positive
@@ -148,69 +183,84 @@ def build_upanets(
         blocks: `b`; every stage has `4 * b` concatenating blocks.
         num_classes: number of output logits, >= 2.
         input_shape: `(height, width, channels)`, height and width multiples of 8.
-        name: model name; defaults to `upanets{filters}`.
-        dtype: dtype or policy of every layer (`None` follows the global
-            policy); the logits are always float32.
+        include_top: False ends the model at the pooled features (the output of
+            `head_bn`, `31 * filters` values) with the full model's layer names,
+            so weights transfer by name.
         pixel_mean: optional per-channel mean on the 0-1 scale. With `pixel_std`,
             the model takes raw 0-255 pixels and normalises them itself
             (`(x / 255 - mean) / std`) in a layer named `preprocess`, so the
             preprocessing travels with saved models.
         pixel_std: optional per-channel standard deviation on the 0-1 scale.
-        class_names: optional names of the classes, stored in the model (an
-            identity layer named `class_labels` after the logits).
+        class_names: optional names of the classes, kept in the config.
+        dtype: dtype or policy of every layer (`None`: the global policy when
+            built); the logits are always float32 (float64 in float64 models).
+        name: model name; defaults to `upanets{filters}`.
 
-    Returns:
-        A `keras.Model` mapping images to logits.
+    Example:
+    >>> model = UPANets(filters=4, num_classes=10, input_shape=(32, 32, 3))
+    >>> model.output_shape, model.get_config()["filters"]
+    ((None, 10), 4)
+    """
+
+    def __init__(self, filters=FILTERS, blocks=BLOCKS, num_classes=10, input_shape=(32, 32, 3), include_top=True,
+                 pixel_mean=None, pixel_std=None, class_names=None, dtype=None, name=None, **kwargs):
+        shape = validate_config(filters, blocks, num_classes, input_shape)
+        _check_normalization(pixel_mean, pixel_std, shape[-1])
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"`class_names` needs {num_classes} names. Received: {len(class_names)} names")
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+        inputs = keras.Input(shape, name="images")
+        x = apply_preprocess(inputs, pixel_mean, pixel_std, policy) if pixel_mean is not None else inputs
+        outputs = apply_features(x, filters, blocks, dtype=policy)
+        if include_top:
+            # Logits stay float32 under mixed precision (float64 models keep float64).
+            logits_dtype = "float64" if policy.compute_dtype == "float64" else "float32"
+            outputs = keras.layers.Dense(
+                num_classes,
+                kernel_initializer=torch_kernel_initializer(),
+                bias_initializer=torch_bias_initializer(outputs.shape[-1]),
+                name="logits",
+                dtype=logits_dtype,
+            )(outputs)
+        super().__init__(inputs, outputs, name=name or f"upanets{filters}", **kwargs)
+        self.filters, self.blocks, self.num_classes = filters, blocks, num_classes
+        self.image_shape, self.include_top = shape, bool(include_top)
+        self.pixel_mean = None if pixel_mean is None else tuple(float(m) for m in pixel_mean)
+        self.pixel_std = None if pixel_std is None else tuple(float(s) for s in pixel_std)
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+        self.policy_name = policy.name
+
+    @property
+    def labels(self):
+        """The class names, or `['0', '1', ...]` when none were given."""
+        return list(self.class_names) if self.class_names else [str(i) for i in range(self.num_classes)]
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "filters": self.filters,
+            "blocks": self.blocks,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.image_shape),
+            "include_top": self.include_top,
+            "pixel_mean": None if self.pixel_mean is None else list(self.pixel_mean),
+            "pixel_std": None if self.pixel_std is None else list(self.pixel_std),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "dtype": self.policy_name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def build_upanets(filters=FILTERS, blocks=BLOCKS, num_classes=10, input_shape=(32, 32, 3), **kwargs):
+    """Build a `UPANets` model (every keyword of the class passes through).
 
     Example:
     >>> model = build_upanets(filters=4, num_classes=10, input_shape=(32, 32, 3))
     >>> model.output_shape
     (None, 10)
     """
-    shape = validate_config(filters, blocks, num_classes, input_shape)
-    if (pixel_mean is None) != (pixel_std is None):
-        raise ValueError(
-            "`pixel_mean` and `pixel_std` go together. "
-            f"Received: pixel_mean={pixel_mean!r}, pixel_std={pixel_std!r}"
-        )
-    n = 4 * blocks
-    inputs = keras.Input(shape, name="images")
-    x = inputs
-    if pixel_mean is not None:
-        if len(pixel_mean) != shape[-1] or len(pixel_std) != shape[-1]:
-            raise ValueError(
-                f"`pixel_mean` and `pixel_std` need one value per channel ({shape[-1]}). "
-                f"Received: pixel_mean={pixel_mean!r}, pixel_std={pixel_std!r}"
-            )
-        x = keras.layers.Normalization(
-            mean=[255.0 * m for m in pixel_mean],
-            variance=[(255.0 * s) ** 2 for s in pixel_std],
-            name="preprocess",
-            dtype=dtype,
-        )(x)
-    root = apply_conv_unit(x, filters * WIDEN, "root", 1, dtype=dtype)
-    root = apply_conv_unit(root, filters, "root", 2, dtype=dtype)
-    out = ChannelPixelAttention(filters, same=True, name="emb_cpa", dtype=dtype)([x, root])
-    features = [out]
-    for stage in range(1, NUM_STAGES + 1):
-        out = apply_stage(out, filters * 2 ** (stage - 1), n, stage, dtype=dtype)
-        features.append(out)
-    h = apply_extreme_connection(features, dtype=dtype)
-    h = ReferenceBatchNormalization(name="head_bn", dtype=dtype)(h)
-    policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
-    # Logits stay float32 under mixed precision (float64 models keep float64).
-    logits_dtype = "float64" if policy.compute_dtype == "float64" else "float32"
-    logits = keras.layers.Dense(
-        num_classes,
-        kernel_initializer=torch_kernel_initializer(),
-        bias_initializer=torch_bias_initializer(h.shape[-1]),
-        name="logits",
-        dtype=logits_dtype,
-    )(h)
-    if class_names is not None:
-        if len(class_names) != num_classes:
-            raise ValueError(
-                f"`class_names` needs {num_classes} names. Received: {len(class_names)} names"
-            )
-        logits = ClassLabels(class_names, name="class_labels", dtype=logits_dtype)(logits)
-    return keras.Model(inputs, logits, name=name or f"upanets{filters}")
+    return UPANets(filters=filters, blocks=blocks, num_classes=num_classes, input_shape=input_shape, **kwargs)

@@ -12,10 +12,12 @@ Example:
 import fcntl
 import os
 
+from upanets_keras.errors import UPANetsError
+
 LOCK_NAME = ".lock"
 
 
-class RunLockedError(OSError):
+class RunLockedError(UPANetsError, OSError):
     """The run directory is held by another live process."""
 
 

@@ -8,12 +8,14 @@ import zipfile
 
 import keras
 
-import upanets_keras.layers  # noqa: F401  (registers the custom layers for deserialisation)
-import upanets_keras.optimizers  # noqa: F401
+import upanets_keras.optimizers  # noqa: F401  (registers the schedule and optimizer for deserialisation)
 from upanets_keras import faults
+from upanets_keras.errors import UPANetsError
+from upanets_keras.legacy import is_legacy_upanets, upgrade
+from upanets_keras.model import UPANets
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UPANetsError, ValueError):
     """A `.keras` file that is missing, unreadable or not a UPANets model."""
 
 
@@ -62,7 +64,7 @@ def atomic_write(path, newline=None):
             os.remove(tmp)
 
 
-class DiskFullError(OSError):
+class DiskFullError(UPANetsError, OSError):
     """The disk of a folder being written filled up; the message says where and how to go on."""
 
 
@@ -97,12 +99,6 @@ def remove_partial_saves(folder):
             os.remove(path)
 
 
-def is_upanets(model):
-    """Whether `model` was built by `build_upanets`."""
-    names = {layer.name for layer in getattr(model, "layers", [])}
-    return "emb_cpa" in names and "logits" in names
-
-
 def load_model(path, compile=False):
     """Load a UPANets `.keras` file with `safe_mode=True`.
 
@@ -111,7 +107,7 @@ def load_model(path, compile=False):
         compile: also restore the training configuration.
 
     Returns:
-        The `keras.Model`.
+        The `UPANets` model (files of version 0.1.0 are upgraded on loading).
 
     Example:
     >>> model = load_model("runs/digits/best.keras")  # doctest: +SKIP
@@ -126,14 +122,8 @@ def load_model(path, compile=False):
     except Exception as e:  # Keras raises several types for foreign or damaged files
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelFileError(f"cannot load {path} as a UPANets model ({first[:300]})") from None
-    if not is_upanets(model):
+    if is_legacy_upanets(model):
+        return upgrade(model)
+    if not isinstance(model, UPANets):
         raise ModelFileError(f"{path} holds model '{model.name}', which is not a UPANets model")
     return model
-
-
-def class_names_of(model):
-    """The class names stored in `model`, or `['0', '1', ...]` when it has none."""
-    for layer in model.layers:
-        if getattr(layer, "class_names", None):
-            return list(layer.class_names)
-    return [str(i) for i in range(model.output_shape[-1])]

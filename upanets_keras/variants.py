@@ -1,12 +1,8 @@
 """Named UPANets variants of the paper and `create_model`."""
 
+from upanets_keras.defaults import VARIANTS
+from upanets_keras.errors import ConfigError
 from upanets_keras.model import build_upanets
-
-VARIANTS = {
-    "upanets16": {"filters": 16, "blocks": 1},
-    "upanets32": {"filters": 32, "blocks": 1},
-    "upanets64": {"filters": 64, "blocks": 1},
-}
 
 
 def list_models():
@@ -17,7 +13,7 @@ def list_models():
 def variant_config(name):
     """The builder arguments of variant `name` (a copy)."""
     if name not in VARIANTS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown UPANets variant; choose one of {', '.join(list_models())}. "
             f"Received: name={name!r}"
         )

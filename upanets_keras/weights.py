@@ -6,6 +6,8 @@ import zipfile
 
 import numpy as np
 
+from upanets_keras.errors import UPANetsError
+
 BN_FIELDS = {
     "weight": "gamma",
     "bias": "beta",
@@ -16,7 +18,7 @@ BN_FIELDS = {
 IGNORED_SUFFIXES = (".num_batches_tracked",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UPANetsError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
@@ -63,13 +65,15 @@ def reference_mapping(model):
     """List `(reference key, keras variable, layout converter)` for every weight.
 
     Args:
-        model: a model built by `build_upanets`.
+        model: a `UPANets` model (headless: every weight but the classifier's).
 
     Returns:
         A list of triples covering every weight and BatchNorm statistic.
     """
+    from upanets_keras.model import UPANets
+
     names = {layer.name for layer in model.layers}
-    if "emb_cpa" not in names or "logits" not in names:
+    if not isinstance(model, UPANets):
         raise CheckpointError(
             f"model '{model.name}' is not a UPANets model built by upanets_keras.build_upanets"
         )
@@ -92,7 +96,8 @@ def reference_mapping(model):
         entries.append((f"spa{i}.sp_ffc.0.bias", spa.bias, lambda t: np.reshape(t, ())))
         i += 1
     entries += _bn_entries("bn", model.get_layer("head_bn"))
-    entries += _dense_entries("linear", model.get_layer("logits"))
+    if model.include_top:
+        entries += _dense_entries("linear", model.get_layer("logits"))
     return entries
 
 
@@ -240,3 +245,23 @@ def infer_config(state):
     except (KeyError, ValueError, IndexError) as e:
         raise CheckpointError(f"not a UPANets reference state dict (no {e})") from None
     return filters, (n - 1) // 4, num_classes, image_size
+
+
+def model_from_checkpoint(path_or_state, filters=None, blocks=None, num_classes=None, image_size=None, **kwargs):
+    """A `UPANets` holding a reference checkpoint's weights; what is not given is read from the checkpoint.
+
+    Args:
+        path_or_state: a `.pth`/`.npz` path, or a state dict of numpy arrays.
+        filters, blocks, num_classes, image_size: the configuration (default: `infer_config`'s).
+        **kwargs: other `UPANets` arguments (`pixel_mean`, `pixel_std`, `class_names`, `dtype`).
+
+    Example:
+    >>> model = model_from_checkpoint("checkpoint/ckpt.pth")  # doctest: +SKIP
+    """
+    from upanets_keras.model import build_upanets
+
+    state = dict(path_or_state) if isinstance(path_or_state, dict) else read_state_dict(path_or_state)
+    given = (filters, blocks, num_classes, image_size)
+    f, b, c, s = (g if g is not None else guess for g, guess in zip(given, infer_config(state)))
+    model = build_upanets(filters=f, blocks=b, num_classes=c, input_shape=(s, s, 3), **kwargs)
+    return load_reference_weights(model, state)

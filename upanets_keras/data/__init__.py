@@ -140,3 +140,15 @@ def load_splits(name, data_dir=None, image_size=None, val_split=0.1, seed=0, dow
     finally:
         if source.close is not None:
             source.close()
+
+
+def load_config_splits(config, verbose=True) -> Splits:
+    """`load_splits` with the data fields of a run's configuration (a `TrainConfig` or `TuneConfig`).
+
+    Example:
+    >>> splits = load_config_splits(TrainConfig(dataset="digits"))  # doctest: +SKIP
+    """
+    return load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                       val_split=config.val_split, seed=config.seed, verbose=verbose, cache=config.cache,
+                       cache_dir=config.cache_dir)
+

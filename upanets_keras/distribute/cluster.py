@@ -3,11 +3,13 @@
 import faulthandler
 import json
 import os
+import re
 import socket
 import threading
 import time
 
 from upanets_keras import compat
+from upanets_keras.errors import UPANetsError
 
 PEER_TIMEOUT_ENV = "UPANETS_PEER_TIMEOUT"
 DEFAULT_PEER_TIMEOUT = 45.0
@@ -21,7 +23,7 @@ HEALTH_CHECK_INTERVAL = 5
 HEALTH_CHECK_TIMEOUT = 5
 
 
-class DistributeError(ValueError):
+class DistributeError(UPANetsError, ValueError):
     """A strategy that cannot be set up; the message says what to do."""
 
 
@@ -236,3 +238,17 @@ def multiworker_strategy(timeout):
         faulthandler.cancel_dump_traceback_later()
     compat.set_peer_health_checks(strategy, HEALTH_CHECK_INTERVAL, HEALTH_CHECK_TIMEOUT)
     return strategy
+
+
+def lost_contact_error(error):
+    """A one-line `DistributeError` when `error` says another worker went away (TensorFlow), else None."""
+    import tensorflow as tf
+
+    lost_contact = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+                    tf.errors.InternalError)
+    if not isinstance(error, lost_contact):
+        return None
+    reason = re.sub(r"\{\{.*?\}\}\s*", "", str(error).strip().splitlines()[0])[:160]
+    return DistributeError(
+        f"lost contact with another worker ({reason}); the last completed epoch is saved: restart every "
+        "worker with the same command to resume")

@@ -9,8 +9,6 @@ the workers' weights at the end; under JAX a `DataParallelDistribution`
 """
 
 import contextlib
-import os
-import re
 
 import keras
 
@@ -91,14 +89,6 @@ class Distribution:
         return {"strategy": self.name, "replicas": self.replicas, "workers": self.workers, "rank": self.rank,
                 "chief": self.is_chief, **self.batch, "sync_batchnorm": self.sync_batchnorm}
 
-    def output_dir(self, output_dir):
-        """The folder this process writes."""
-        return output_dir
-
-    def echo(self, echo):
-        """Where this process's messages go."""
-        return echo
-
     def description(self):
         """A line saying how the run is spread, or None on one device."""
         return None
@@ -130,23 +120,10 @@ class Distribution:
     def before_fit(self, model, info):
         """Called between compiling and `fit`."""
 
-    def fit_failure(self, error):
-        """What to raise instead of `error` from `fit`, or None to let it through."""
-        return None
-
-    def score(self, model, best_path, test, num_classes, compile_model):
-        """Loss and metrics of the weights saved in `best_path` on the `(x, y)` test split.
-
-        Args:
-            model: the trained model (compiled; its validation step already traced).
-            best_path: the best epoch's `.keras` file.
-            test: the test split.
-            num_classes: for the one-hot labels.
-            compile_model: compiles a freshly loaded model with the recipe.
-        """
-        model.load_weights(best_path)
-        with self.fit_scope():
-            return model.evaluate(self.eval_dataset(*test, num_classes), verbose=0, return_dict=True)
+    @property
+    def evaluates_collectively(self):
+        """Whether the distributed model's `evaluate` is a collective every worker must join."""
+        return False
 
     def finish(self, model, echo):
         """End-of-run checks; their results for `metrics.json` ({} on one device)."""
@@ -157,13 +134,6 @@ class ReplicatedDistribution(Distribution):
     """Several replicas (MirroredStrategy) or workers (MultiWorkerMirroredStrategy)."""
 
     replicated = True
-
-    def output_dir(self, output_dir):
-        # Only the chief writes the run directory; every other worker keeps only its own backup.
-        return output_dir if self.is_chief else os.path.join(output_dir, f"worker-{self.rank}")
-
-    def echo(self, echo):
-        return echo if self.is_chief else (lambda message: echo(f"[worker {self.rank}] {message}"))
 
     def description(self):
         return (f"{self.name}: {self.replicas} replicas on {self.workers} worker(s), global batch "
@@ -214,26 +184,9 @@ class ReplicatedDistribution(Distribution):
             batch = (tf.zeros([part, size, size, 3]), tf.one_hot(tf.zeros([part], tf.int32), info.num_classes))
             compat.build_before_multiworker_fit(model, self.strategy, batch)
 
-    def fit_failure(self, error):
-        import tensorflow as tf
-
-        lost_contact = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
-                        tf.errors.InternalError)
-        if self.workers == 1 or not isinstance(error, lost_contact):
-            return None
-        reason = re.sub(r"\{\{.*?\}\}\s*", "", str(error).strip().splitlines()[0])[:160]
-        return DistributeError(
-            f"lost contact with another worker ({reason}); the last completed epoch is saved: restart every "
-            "worker with the same command to resume")
-
-    def score(self, model, best_path, test, num_classes, compile_model):
-        if not is_multiworker(self.strategy):
-            return super().score(model, best_path, test, num_classes, compile_model)
-        # Only the chief scores: the distributed model's evaluation would be a collective
-        # the other workers no longer join, so a plain copy is evaluated instead.
-        best = keras.saving.load_model(best_path, safe_mode=True)
-        compile_model(best)
-        return best.evaluate(eval_input(*test, self.global_batch, num_classes), verbose=0, return_dict=True)
+    @property
+    def evaluates_collectively(self):
+        return is_multiworker(self.strategy)
 
     def finish(self, model, echo):
         spread = replica_spread(model)

@@ -7,6 +7,7 @@ of several replicas or workers is behind `upanets_keras.distribute.Distribution`
 """
 
 import dataclasses
+import functools
 import os
 
 import keras
@@ -14,9 +15,9 @@ import keras
 from upanets_keras import backend, faults, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.distribute import Distribution
-from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: F401 (re-exported)
-from upanets_keras.saving import resumable_when_disk_full
-from upanets_keras.training.backup import BackupStore, EpochBackup, restore
+from upanets_keras.distribute.cluster import lost_contact_error
+from upanets_keras.saving import load_model, resumable_when_disk_full
+from upanets_keras.training.backup import EpochBackup, restore
 from upanets_keras.training.callbacks import (
     AtomicCheckpoint,
     EpochSummary,
@@ -25,25 +26,15 @@ from upanets_keras.training.callbacks import (
     Throughput,
     tensorboard_callback,
 )
-from upanets_keras.training.config import (
-    JIT_CHOICES,
-    PRECISIONS,
-    TrainConfig,
-    TrainingError,
-    has_gpu,
-    resolve_jit,
-    resolve_precision,
-    versions,
-)
+from upanets_keras.training.config import TrainConfig, TrainingError, resolve_jit, resolve_precision, versions
 from upanets_keras.training.recipe import build_model, compile_for_training, fit
-from upanets_keras.training.run_dir import RUN_FILES, RunDirectory
+from upanets_keras.training.run_dir import RunDirectory
 from upanets_keras.variants import count_parameters
 
+# What the rest of the package uses; everything else is imported from its module.
 __all__ = [
-    "AtomicCheckpoint", "BackupStore", "EpochBackup", "EpochSummary", "HistoryLog", "JIT_CHOICES", "NaNGuard",
-    "PRECISIONS", "RUN_FILES", "RunDirectory", "Throughput", "TrainConfig", "TrainingError", "build_model",
-    "compile_for_training", "fit", "has_gpu", "resolve_jit", "resolve_precision", "restore", "train",
-    "versions",
+    "EpochSummary", "Throughput", "TrainConfig", "TrainingError", "build_model", "compile_for_training", "fit",
+    "resolve_jit", "resolve_precision", "train", "versions",
 ]
 
 
@@ -69,8 +60,10 @@ def train(config, overwrite=False, echo=print, verbose=None):
     """
     config = config.resolved()
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
-    run = RunDirectory(distribution.output_dir(config.output_dir))
-    echo = distribution.echo(echo)
+    # Only the chief writes the run directory; every other worker keeps only its own backup.
+    run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
+    if not distribution.is_chief:
+        echo = functools.partial(_worker_echo, echo, distribution.rank)
     with run.lock(), resumable_when_disk_full(run.path):  # one process at a time per run directory
         first_epoch = open_run(config, distribution, run, overwrite, echo)
         if first_epoch is None:  # this same run, already finished: nothing to do
@@ -85,6 +78,10 @@ def train(config, overwrite=False, echo=print, verbose=None):
             run.remove()  # its backup; nothing else is kept
             return {**distribution.summary(), **checks}
         return score_and_write(config, distribution, run, model, splits, throughput, checks)
+
+
+def _worker_echo(echo, rank, message):
+    echo(f"[worker {rank}] {message}")
 
 
 def open_run(config, distribution, run, overwrite, echo):
@@ -110,10 +107,7 @@ def open_run(config, distribution, run, overwrite, echo):
 
 def load_data(config, distribution):
     """The dataset's splits, checked against the global batch."""
-    splits = data_lib.load_splits(
-        config.dataset, data_dir=config.data_dir, image_size=config.image_size, val_split=config.val_split,
-        seed=config.seed, cache=config.cache, cache_dir=config.cache_dir,
-    )
+    splits = data_lib.load_config_splits(config)
     faults.reached("data")
     if len(splits.train[0]) < distribution.global_batch:
         raise data_lib.DataError(
@@ -199,11 +193,28 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
             f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"
         ) from None
     except Exception as e:
-        failure = distribution.fit_failure(e)
+        failure = lost_contact_error(e) if distribution.workers > 1 else None
         if failure is None:
             raise
         raise failure from None
     return throughput
+
+
+def score_best(config, distribution, run, model, splits):
+    """Loss and metrics of `best.keras`'s weights on the test split.
+
+    Where evaluating the distributed model is a collective the other workers
+    no longer join (multi-worker), the chief evaluates a plain copy instead.
+    """
+    if distribution.evaluates_collectively:
+        best = load_model(run.file("best.keras"))
+        compile_for_training(best, config, 1, False)
+        test = data_lib.eval_input(*splits.test, distribution.global_batch, splits.info.num_classes)
+        return best.evaluate(test, verbose=0, return_dict=True)
+    model.load_weights(run.file("best.keras"))
+    with distribution.fit_scope():
+        test = distribution.eval_dataset(*splits.test, splits.info.num_classes)
+        return model.evaluate(test, verbose=0, return_dict=True)
 
 
 def score_and_write(config, distribution, run, model, splits, throughput, checks):
@@ -213,8 +224,7 @@ def score_and_write(config, distribution, run, model, splits, throughput, checks
     and traced for validation, so scoring them costs no second build or trace.
     """
     faults.reached("test_eval")
-    test = distribution.score(model, run.file("best.keras"), splits.test, splits.info.num_classes,
-                              lambda best: compile_for_training(best, config, 1, False))
+    test = score_best(config, distribution, run, model, splits)
     best_val, best_epoch, completed = run.best_epoch()
     metrics = {
         "test_accuracy": test["accuracy"],

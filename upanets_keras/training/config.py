@@ -1,17 +1,16 @@
 """What defines a training run (`TrainConfig`) and how its automatic choices resolve."""
 
 import dataclasses
+import os
 import platform
 
-from upanets_keras import distribute
-from upanets_keras.data import CACHE_MODES
+from upanets_keras import defaults
+from upanets_keras.defaults import RECIPE
+from upanets_keras.errors import ConfigError
 from upanets_keras.variants import variant_config
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-JIT_CHOICES = ("auto", "on", "off")
 
-
-class TrainingError(ValueError):
+class TrainingError(ConfigError):
     """A run that cannot start or continue; the message says what to do."""
 
 
@@ -19,8 +18,9 @@ class TrainingError(ValueError):
 class TrainConfig:
     """Everything that defines a training run (saved as `config.json`).
 
-    Defaults are the paper's recipe: batch 100, SGD lr 0.1 with momentum 0.9 and
-    coupled weight decay 5e-4, cosine annealing to 0 stepped once per epoch.
+    Defaults are the paper's recipe (`upanets_keras.defaults.RECIPE`): batch
+    100, SGD lr 0.1 with momentum 0.9 and coupled weight decay 5e-4, cosine
+    annealing to 0 stepped once per epoch.
 
     Distribution (see `upanets_keras.distribute`): `strategy` is auto, one,
     mirrored or multiworker; `batch_mode` says whether `batch_size` is the
@@ -28,26 +28,36 @@ class TrainConfig:
     linear multiplies `lr` by global batch / `batch_size` (1 in global mode);
     `sync_batchnorm` computes BatchNorm statistics over the global batch.
     Data: `cache` is memory, disk or auto (see `upanets_keras.data.cache`).
+    `output_dir` defaults to `runs/DATASET-upanetsF` (or the variant's name).
+
+    Example:
+    >>> config = TrainConfig(dataset="digits", filters=8, epochs=8).resolved()
+    >>> config.lr, config.batch_size
+    (0.1, 100)
     """
 
-    dataset: str = "digits"
+    # Fields a resumed run may change: where it runs and caches, not what it computes
+    # (the global batch and learning rate they lead to are compared instead).
+    NOT_IDENTITY = ("output_dir", "strategy", "cache", "cache_dir")
+
+    dataset: str = defaults.DATASET
     data_dir: str = None
     variant: str = None
-    filters: int = 16
-    blocks: int = 1
+    filters: int = defaults.FILTERS
+    blocks: int = defaults.BLOCKS
     image_size: int = None
-    epochs: int = 200
-    batch_size: int = 100
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    val_split: float = 0.1
-    seed: int = 0
+    epochs: int = RECIPE["epochs"]
+    batch_size: int = RECIPE["batch_size"]
+    lr: float = RECIPE["lr"]
+    momentum: float = RECIPE["momentum"]
+    weight_decay: float = RECIPE["weight_decay"]
+    warmup_epochs: int = RECIPE["warmup_epochs"]
+    label_smoothing: float = RECIPE["label_smoothing"]
+    val_split: float = RECIPE["val_split"]
+    seed: int = RECIPE["seed"]
     precision: str = "auto"
     jit_compile: str = "auto"
-    output_dir: str = "runs/train"
+    output_dir: str = None
     strategy: str = "auto"
     batch_mode: str = "global"
     lr_scaling: str = "linear"
@@ -56,11 +66,13 @@ class TrainConfig:
     cache_dir: str = None
 
     def resolved(self):
-        """A copy with the variant expanded and the arguments checked."""
+        """A copy with the variant expanded and the arguments checked (`ConfigError` names the first bad one)."""
         config = dataclasses.replace(self)
         if config.variant:
             spec = variant_config(config.variant)
             config.filters, config.blocks = spec["filters"], spec["blocks"]
+        if not config.output_dir:
+            config.output_dir = os.path.join("runs", f"{config.dataset}-{config.variant or f'upanets{config.filters}'}")
         checks = [
             ("epochs", config.epochs >= 1, ">= 1"),
             ("batch_size", config.batch_size >= 1, ">= 1"),
@@ -68,17 +80,22 @@ class TrainConfig:
             ("weight_decay", config.weight_decay >= 0, ">= 0"),
             ("warmup_epochs", 0 <= config.warmup_epochs < config.epochs, "in [0, epochs)"),
             ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
-            ("precision", config.precision in PRECISIONS, f"one of {PRECISIONS}"),
-            ("jit_compile", config.jit_compile in JIT_CHOICES, f"one of {JIT_CHOICES}"),
-            ("strategy", config.strategy in distribute.STRATEGIES, f"one of {distribute.STRATEGIES}"),
-            ("batch_mode", config.batch_mode in distribute.BATCH_MODES, f"one of {distribute.BATCH_MODES}"),
-            ("lr_scaling", config.lr_scaling in distribute.LR_SCALINGS, f"one of {distribute.LR_SCALINGS}"),
-            ("cache", config.cache in CACHE_MODES, f"one of {CACHE_MODES}"),
         ]
+        choices = {"dataset": defaults.DATASETS, "precision": defaults.PRECISIONS,
+                   "jit_compile": defaults.JIT_CHOICES, "strategy": defaults.STRATEGIES,
+                   "batch_mode": defaults.BATCH_MODES, "lr_scaling": defaults.LR_SCALINGS,
+                   "cache": defaults.CACHE_MODES}
+        checks += [(field, getattr(config, field) in allowed, f"one of {allowed}") for field, allowed in choices.items()]
         for field, ok, rule in checks:
             if not ok:
-                raise ValueError(f"`{field}` must be {rule}. Received: {field}={getattr(config, field)!r}")
+                raise ConfigError(f"`{field}` must be {rule}. Received: {field}={getattr(config, field)!r}")
         return config
+
+    def changed_fields(self, saved):
+        """The fields that differ from a saved run's `dataclasses.asdict` (keys it lacks take today's defaults)."""
+        fresh = dataclasses.asdict(TrainConfig())
+        return [k for k, v in dataclasses.asdict(self).items()
+                if k not in self.NOT_IDENTITY and saved.get(k, fresh[k]) != v]
 
 
 def has_gpu():

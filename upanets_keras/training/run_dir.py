@@ -1,7 +1,6 @@
 """A training run's directory: refused, resumed or started; its config, history, metrics and plots."""
 
 import csv
-import dataclasses
 import json
 import os
 import shutil
@@ -9,15 +8,12 @@ import shutil
 from upanets_keras.run_lock import RunLock
 from upanets_keras.saving import atomic_write, is_disk_full, remove_partial_saves
 from upanets_keras.training.backup import BackupStore
-from upanets_keras.training.config import TrainConfig, TrainingError
+from upanets_keras.training.config import TrainingError
 
 RUN_FILES = (
     "config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json",
     "backup", "logs",
 )
-# Settings that may change between a run and its resumption (the global batch
-# and learning rate they lead to are compared instead).
-NOT_IDENTITY = ("output_dir", "strategy", "cache", "cache_dir")
 
 
 class RunDirectory:
@@ -34,6 +30,11 @@ class RunDirectory:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+
+    @classmethod
+    def for_process(cls, path, rank=0, chief=True):
+        """The run directory (the chief), or another worker's own folder inside it for its backup."""
+        return cls(path if chief else os.path.join(path, f"worker-{rank}"))
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -100,9 +101,7 @@ class RunDirectory:
     def _changed_settings(self, config, batch):
         with open(self.file("config.json")) as f:
             saved = json.load(f)
-        previous, defaults = saved.get("run", {}), dataclasses.asdict(TrainConfig())
-        ours = dataclasses.asdict(config)
-        changed = [k for k in ours if k not in NOT_IDENTITY and previous.get(k, defaults[k]) != ours[k]]
+        changed = config.changed_fields(saved.get("run", {}))
         before = saved.get("batch", saved.get("distribution", {}))
         return changed + [k for k in ("global_batch_size", "lr")
                           if k in before and before[k] != batch[k] and k not in changed]
