@@ -1,11 +1,9 @@
 """Commands that run a trained model: `evaluate` on a dataset split and `predict` on image files."""
 
-import os
-
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, MODEL_HELP, FiniteFloatRange, cache_options, check_output_path, user_errors,
+    DATASETS, MODEL_HELP, RECIPE, FiniteFloatRange, cache_options, check_output_path, user_errors,
 )
 
 
@@ -14,9 +12,9 @@ from upanets_keras_cli.common import (
 @click.option("--dataset", type=click.Choice(DATASETS), required=True)
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--val-split", default=0.1, show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
-@click.option("--seed", default=0, show_default=True, type=int, help="As in training, to rebuild the same validation split.")
+@click.option("--batch-size", default=RECIPE["batch_size"], show_default=True, type=click.IntRange(min=1))
+@click.option("--val-split", default=RECIPE["val_split"], show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
+@click.option("--seed", default=RECIPE["seed"], show_default=True, type=int, help="As in training, to rebuild the same validation split.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 @cache_options

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from upanets_keras.training import BackupStore, TrainConfig, build_model, compile_for_training, restore
+from upanets_keras.training import TrainConfig, build_model, compile_for_training
+from upanets_keras.training.backup import BackupStore, restore
 
 STEPS = 2
 TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "2"]

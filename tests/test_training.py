@@ -191,7 +191,7 @@ def test_evaluate_refuses_a_dataset_with_other_classes(trained, tmp_path):
 
 
 def test_epoch_cosine_schedule_matches_pytorch_cosine_annealing():
-    from upanets_keras.training import EpochCosineSchedule
+    from upanets_keras.optimizers import EpochCosineSchedule
 
     schedule = EpochCosineSchedule(0.1, steps_per_epoch=3, epochs=5)
     lrs = [float(schedule(step)) for step in range(15)]
@@ -203,7 +203,7 @@ def test_epoch_cosine_schedule_matches_pytorch_cosine_annealing():
 
 def test_run_files_are_written_atomically(tmp_path):
     """A write that fails half-way leaves the previous file whole and no temporary file behind."""
-    from upanets_keras.saving import atomic_write, remove_partial_saves
+    from upanets_keras.files import atomic_write, remove_partial_saves
 
     path = tmp_path / "metrics.json"
     path.write_text("previous")

@@ -216,7 +216,7 @@ def write_keras_tuner_state_atomically():
     """
     import json
 
-    from upanets_keras.saving import atomic_write
+    from upanets_keras.files import atomic_write
 
     utils = importlib.import_module("keras_tuner.src.utils")
     if getattr(utils.save_json, "atomic", False):

@@ -15,7 +15,7 @@ import numpy as np
 
 from upanets_keras.data.errors import DataError
 from upanets_keras.data.images import decode_image_files, list_image_files, load_image_files
-from upanets_keras.saving import atomic_write
+from upanets_keras.files import atomic_write
 
 CHUNK = 1024  # images decoded and classified at a time, so folders of any size fit in memory
 

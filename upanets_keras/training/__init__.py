@@ -16,7 +16,8 @@ from upanets_keras import backend, faults, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.distribute import Distribution
 from upanets_keras.distribute.cluster import lost_contact_error
-from upanets_keras.saving import load_model, resumable_when_disk_full
+from upanets_keras.files import resumable_when_disk_full
+from upanets_keras.saving import load_model
 from upanets_keras.training.backup import EpochBackup, restore
 from upanets_keras.training.callbacks import (
     AtomicCheckpoint,
@@ -60,10 +61,8 @@ def train(config, overwrite=False, echo=print, verbose=None):
     """
     config = config.resolved()
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
-    # Only the chief writes the run directory; every other worker keeps only its own backup.
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
-    if not distribution.is_chief:
-        echo = functools.partial(_worker_echo, echo, distribution.rank)
+    echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)
     with run.lock(), resumable_when_disk_full(run.path):  # one process at a time per run directory
         first_epoch = open_run(config, distribution, run, overwrite, echo)
         if first_epoch is None:  # this same run, already finished: nothing to do

@@ -15,7 +15,7 @@ import zlib
 import keras
 
 from upanets_keras import faults
-from upanets_keras.saving import fsync_file
+from upanets_keras.files import fsync_file
 
 _NAME = re.compile(r"^epoch-(\d+)-([0-9a-f]{8})-(\d+)\.weights\.h5$")
 _PARTIAL_PREFIX = ".partial-"

@@ -6,7 +6,7 @@ import os
 import shutil
 
 from upanets_keras.run_lock import RunLock
-from upanets_keras.saving import atomic_write, is_disk_full, remove_partial_saves
+from upanets_keras.files import atomic_write, is_disk_full, remove_partial_saves
 from upanets_keras.training.backup import BackupStore
 from upanets_keras.training.config import TrainingError
 
@@ -33,7 +33,7 @@ class RunDirectory:
 
     @classmethod
     def for_process(cls, path, rank=0, chief=True):
-        """The run directory (the chief), or another worker's own folder inside it for its backup."""
+        """The run directory (the chief), or another worker's own folder inside it: only the chief writes the run."""
         return cls(path if chief else os.path.join(path, f"worker-{rank}"))
 
     def file(self, name):

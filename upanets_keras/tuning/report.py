@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from upanets_keras.saving import atomic_write
+from upanets_keras.files import atomic_write
 from upanets_keras.variants import parameter_count
 
 

@@ -15,7 +15,8 @@ from upanets_keras import data as data_lib
 from upanets_keras.data import CACHE_MODES
 from upanets_keras.distribute import Distribution
 from upanets_keras.run_lock import LOCK_NAME, RunLock
-from upanets_keras.saving import resumable_when_disk_full, save_model_atomically
+from upanets_keras.files import resumable_when_disk_full
+from upanets_keras.saving import save_model_atomically
 from upanets_keras.search_space import SearchSpace
 from upanets_keras.training import EpochSummary, TrainConfig, fit, versions
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
