@@ -34,7 +34,7 @@ def test_logits_match_in_eval_and_train_mode(fixtures, name):
 # ill-conditioned: Keras float32 vs float64 gradients differ by 1.0e-3 and the
 # reference's float32 update differs from the float64 one by 3.1e-3 (ReLU inputs
 # within round-off of zero flip between frameworks), so 1e-4 is only reachable there
-# by chance; it is held on f4 and a 5e-3 bound on f8. See the README's parity section.
+# by chance; it is held on f4 and a 5e-3 bound on f8. See docs/python.md, "Parity with the reference".
 STEP_TOLERANCE = {"upanets_f4_c10_b1_img32": 1e-4, "upanets_f8_c200_b1_img64": 5e-3}
 
 
