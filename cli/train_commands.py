@@ -54,7 +54,7 @@ def train(overwrite, **options):
 
     Several GPUs or machines: --strategy mirrored (or auto) on one machine;
     --strategy multiworker with TF_CONFIG set, the same command on every
-    machine (only the chief writes the run directory). See the README.
+    machine (only the chief writes the run directory). See docs/distributed.md.
 
     Example: upanets-keras train --dataset digits --filters 8 --epochs 8
     """

@@ -131,3 +131,25 @@ def test_the_cli_offers_what_the_library_accepts_with_the_same_defaults():
         for param in command.params:
             if param.name in ("batch_size", "seed", "val_split"):
                 assert param.get_default(click.Context(command)) == defaults.RECIPE[param.name], (name, param.name)
+
+
+def test_only_user_errors_become_one_line_and_bugs_keep_their_traceback():
+    from click.testing import CliRunner
+
+    from upanets_keras.errors import ConfigError
+    from upanets_keras_cli.common import user_errors
+
+    def command_raising(error):
+        @click.command()
+        @user_errors
+        def command():
+            raise error
+
+        return CliRunner().invoke(command, [])
+
+    user = command_raising(ConfigError("`filters` must be >= 1. Received: filters=0"))
+    assert user.exit_code == 1 and user.output == "Error: `filters` must be >= 1. Received: filters=0\n"
+    missing = command_raising(FileNotFoundError(2, "No such file or directory", "nowhere.png"))
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ")
+    bug = command_raising(ValueError("an internal shape mismatch"))
+    assert isinstance(bug.exception, ValueError) and "Error:" not in bug.output
