@@ -31,10 +31,10 @@ import numpy as np
 
 from upanets_keras import faults
 from upanets_keras.data.errors import DataError
+from upanets_keras.defaults import CACHE_MODES
 
 logger = logging.getLogger(__name__)
 
-CACHE_MODES = ("auto", "memory", "disk")
 CACHE_DIR_ENV = "UPANETS_CACHE_DIR"
 FORMAT_VERSION = 2  # 2: meta.json checks its files
 RAM_FRACTION = 0.25  # of physical memory: the default budget of `auto`

@@ -12,11 +12,8 @@ import hashlib
 
 import numpy as np
 
+from upanets_keras.defaults import BATCH_MODES, LR_SCALINGS, STRATEGIES
 from upanets_keras.distribute.cluster import DistributeError, multiworker_strategy, parse_tf_config, peer_timeout
-
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
-BATCH_MODES = ("global", "per-replica")
-LR_SCALINGS = ("linear", "none")
 
 
 def local_devices():
