@@ -14,7 +14,7 @@ from upanets_keras import compat
 from upanets_keras import data as data_lib
 from upanets_keras.defaults import OBJECTIVES
 from upanets_keras.run_lock import LOCK_NAME, RunLock
-from upanets_keras.saving import resumable_when_disk_full, save_model_atomically
+from upanets_keras.saving import atomic_write, resumable_when_disk_full, save_model_atomically
 from upanets_keras.training import EpochSummary, fit, versions
 from upanets_keras.tuning.config import IDENTITY, TuningError
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
@@ -123,7 +123,7 @@ def _make_tuner(config, hypermodel, allowed, report):
         objective=objective, seed=config.seed, max_trials=config.max_trials, report=report,
         valid=lambda values: (values.get("filters"), values.get("blocks")) in allowed, **epoch_budget,
     )
-    compat.write_keras_tuner_state_atomically()
+    compat.write_keras_tuner_state_atomically(atomic_write)
     tuner_class = UPANetsHyperband if config.tuner == "hyperband" else UPANetsTuner
     tuner = tuner_class(oracle=oracle, hypermodel=hypermodel, directory=config.directory,
                         project_name=config.project_name, report=report, search_config=config)
