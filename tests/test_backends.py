@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 
-from upanets_keras import data as D
 from upanets_keras.data.batches import EvalBatches, TrainBatches
 from upanets_keras.data.pipeline import make_eval_dataset, make_train_dataset
 from upanets_keras.data.splits import DatasetInfo
