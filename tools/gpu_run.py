@@ -173,7 +173,7 @@ def epoch_worker(args):
         start = time.perf_counter()
         x, y = _disk_cached(x, y, folder)
         cache_seconds = time.perf_counter() - start
-        model = build_model(config, 10, (args.image_size, args.image_size, 3), precision, MEAN, STD)
+        model = build_model(config, 10, (args.image_size, args.image_size, 3), precision, CIFAR_MEAN, CIFAR_STD)
         compile_for_training(model, config, steps, jit, precision)
         throughput = Throughput(steps * config.batch_size)
         fit(model, data_lib.train_input(x, y, info, config.batch_size, seed=0), config.epochs, steps,

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import statistics
 import time
 
 import keras
