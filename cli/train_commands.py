@@ -137,7 +137,7 @@ def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothin
 
     Example: upanets-keras tune --dataset digits --max-trials 8 --epochs 5
     """
-    from upanets_keras.search_space import load_search_space, parse_option
+    from upanets_keras.tuning.space import load_search_space, parse_option
     from upanets_keras.tuning import TuneConfig, tune as run_search
 
     space = load_search_space(search_space) if search_space else {}

@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from upanets_keras import data as D
 from upanets_keras.data.batches import EvalBatches, TrainBatches
+from upanets_keras.data.pipeline import make_eval_dataset, make_train_dataset
 from upanets_keras.data.splits import DatasetInfo
 
 TESTS = pathlib.Path(__file__).parent
@@ -55,7 +55,7 @@ def toy(n=50, size=8):
 
 def test_numpy_batches_equal_the_tf_data_batches_pixel_for_pixel():
     x, y, info = toy()
-    tf_batches = [(a.numpy(), b.numpy()) for a, b in D.make_train_dataset(x, y, info, 10, seed=3, num_epochs=3)]
+    tf_batches = [(a.numpy(), b.numpy()) for a, b in make_train_dataset(x, y, info, 10, seed=3, num_epochs=3)]
     ours = TrainBatches(x, y, info, 10, seed=3, num_epochs=3, workers=0)
     assert len(ours) == len(tf_batches) == 15
     for k, (images, labels) in enumerate(tf_batches):
@@ -66,11 +66,11 @@ def test_numpy_batches_equal_the_tf_data_batches_pixel_for_pixel():
     for k in range(5):
         np.testing.assert_array_equal(resumed[k][0], tf_batches[10 + k][0])
     # the middle third of each global batch, as a replica of three reads it
-    third = D.make_train_dataset(x, y, info, 9, seed=3, num_epochs=1, shards=[1], num_shards=3)
+    third = make_train_dataset(x, y, info, 9, seed=3, num_epochs=1, shards=[1], num_shards=3)
     ours = TrainBatches(x, y, info, 9, seed=3, num_epochs=1, shards=[1], num_shards=3)
     for k, (images, labels) in enumerate(third):
         np.testing.assert_array_equal(ours[k][0], images.numpy())
-    evaluation = [(a.numpy(), b.numpy()) for a, b in D.make_eval_dataset(x, y, 15)]
+    evaluation = [(a.numpy(), b.numpy()) for a, b in make_eval_dataset(x, y, 15)]
     ours = EvalBatches(x, y, 15)
     assert len(ours) == len(evaluation) == 4
     for k, (images, labels) in enumerate(evaluation):

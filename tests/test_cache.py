@@ -13,8 +13,11 @@ import pytest
 from PIL import Image
 
 from upanets_keras import data as D
-from upanets_keras.data import CachedImages, DataError
+from upanets_keras.data import DataError
+from upanets_keras.data.cache import CachedImages
+from upanets_keras.data.pipeline import make_eval_dataset, make_train_dataset
 from upanets_keras.data.sources import tfds as tfds_source
+from upanets_keras.defaults import IMAGENET_MEAN
 
 CLI = [sys.executable, "-m", "upanets_keras_cli.main"]
 
@@ -44,13 +47,13 @@ def test_disk_cache_holds_exactly_the_images_and_batches_of_memory(tmp_path):
         np.testing.assert_array_equal(np.asarray(xd), xm)
         np.testing.assert_array_equal(yd, ym)
     assert disk.info == memory.info
-    first_memory = batches(D.make_train_dataset(*memory.train, memory.info, 8, seed=4, num_epochs=2), 12)
-    first_disk = batches(D.make_train_dataset(*disk.train, disk.info, 8, seed=4, num_epochs=2), 12)
+    first_memory = batches(make_train_dataset(*memory.train, memory.info, 8, seed=4, num_epochs=2), 12)
+    first_disk = batches(make_train_dataset(*disk.train, disk.info, 8, seed=4, num_epochs=2), 12)
     for (xm, ym), (xd, yd) in zip(first_memory, first_disk):
         np.testing.assert_array_equal(xd, xm)
         np.testing.assert_array_equal(yd, ym)
-    for (xm, ym), (xd, yd) in zip(batches(D.make_eval_dataset(*memory.test, 7), 10),
-                                  batches(D.make_eval_dataset(*disk.test, 7), 10)):
+    for (xm, ym), (xd, yd) in zip(batches(make_eval_dataset(*memory.test, 7), 10),
+                                  batches(make_eval_dataset(*disk.test, 7), 10)):
         np.testing.assert_array_equal(xd, xm)
         np.testing.assert_array_equal(yd, ym)
 
@@ -186,7 +189,7 @@ def test_reading_a_disk_cache_does_not_load_it_into_memory(tmp_path):
     images, labels = _disk_cached(x, y, tmp_path)
     del x
     info = D.DatasetInfo("synthetic", 10, [str(i) for i in range(10)], size, (0.5,) * 3, (0.25,) * 3, 4, True)
-    dataset = D.make_train_dataset(images, labels, info, 100, num_epochs=1)
+    dataset = make_train_dataset(images, labels, info, 100, num_epochs=1)
     before = _rss_anon_mb()
     seen = sum(len(batch) for batch, _ in dataset)
     grown = _rss_anon_mb() - before
@@ -202,7 +205,7 @@ def test_imagenet_resized_from_tfds_mock_data_and_offline(tmp_path, monkeypatch)
                                cache_dir=tmp_path / "cache")
         small = D.load_splits("imagenet_resized", data_dir=tmp_path, image_size=16, cache="memory")
     assert splits.info.num_classes == 1000 and splits.info.image_size == 32
-    assert splits.info.mean == D.IMAGENET_MEAN and splits.info.flip
+    assert splits.info.mean == IMAGENET_MEAN and splits.info.flip
     assert len(splits.train[0]) + len(splits.val[0]) == 24 and len(splits.test[0]) == 24
     for x, y in (splits.train, splits.val, splits.test):
         assert x.shape[1:] == (32, 32, 3) and y.dtype == np.int32 and ((y >= 0) & (y < 1000)).all()
@@ -224,10 +227,12 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from upanets_keras import data as D
-from upanets_keras.distribute import ReplicatedDistribution, make_strategy
+from upanets_keras.data.pipeline import make_train_dataset
+from upanets_keras.distribute.distribution import ReplicatedDistribution
+from upanets_keras.distribute.strategies import make_strategy
 splits = D.load_splits("digits", image_size=16, cache=sys.argv[1], cache_dir=sys.argv[2])
 whole = [(x.numpy(), y.numpy())
-         for x, y in D.make_train_dataset(*splits.train, splits.info, 64, seed=2, first_epoch=1).take(3)]
+         for x, y in make_train_dataset(*splits.train, splits.info, 64, seed=2, first_epoch=1).take(3)]
 strategy = make_strategy("mirrored")
 stream = iter(ReplicatedDistribution(strategy, 64).train_dataset(*splits.train, splits.info, 2, 1))
 same = True
@@ -251,17 +256,17 @@ def test_each_replica_reads_only_its_slice_and_together_they_make_the_global_bat
 
 def test_slices_of_a_batch_are_the_batch(tmp_path):
     splits = D.load_splits("digits", image_size=16)
-    whole = batches(D.make_train_dataset(*splits.train, splits.info, 60, seed=3), 4)
-    thirds = batches(D.make_train_dataset(*splits.train, splits.info, 60, seed=3, shards=[0, 1, 2],
+    whole = batches(make_train_dataset(*splits.train, splits.info, 60, seed=3), 4)
+    thirds = batches(make_train_dataset(*splits.train, splits.info, 60, seed=3, shards=[0, 1, 2],
                                           num_shards=3), 12)
     for k, (x, y) in enumerate(whole):
         np.testing.assert_array_equal(np.concatenate([t[0] for t in thirds[3 * k:3 * k + 3]]), x)
         np.testing.assert_array_equal(np.concatenate([t[1] for t in thirds[3 * k:3 * k + 3]]), y)
-    middle = batches(D.make_train_dataset(*splits.train, splits.info, 60, seed=3, shards=[1], num_shards=3), 4)
+    middle = batches(make_train_dataset(*splits.train, splits.info, 60, seed=3, shards=[1], num_shards=3), 4)
     for k, (x, _) in enumerate(middle):
         np.testing.assert_array_equal(x, whole[k][0][20:40])
     with pytest.raises(DataError, match="equal slices"):
-        D.make_train_dataset(*splits.train, splits.info, 64, shards=[0], num_shards=3)
+        make_train_dataset(*splits.train, splits.info, 64, shards=[0], num_shards=3)
 
 
 def test_a_disk_cached_run_killed_mid_epoch_resumes_exactly(tmp_path):

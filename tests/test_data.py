@@ -17,7 +17,13 @@ import pytest
 from PIL import Image
 
 from upanets_keras import data as D
+from upanets_keras import defaults
 from upanets_keras.data import DataError, DatasetInfo
+from upanets_keras.data.draws import steps_per_epoch
+from upanets_keras.data.pipeline import make_eval_dataset, make_train_dataset
+from upanets_keras.data.registry import canonical_name
+from upanets_keras.data.sources.cifar import CIFAR10_CLASSES
+from upanets_keras.data.splits import stratified_split
 from upanets_keras.data.sources import tfds as tfds_source
 
 
@@ -88,7 +94,7 @@ def check_cifar10(splits):
     assert info.name == "cifar10"
     assert info.num_classes == 10 and info.class_names == CIFAR10_NAMES
     assert info.image_size == 32 and info.pad == 4 and info.flip is True
-    assert info.mean == D.CIFAR_MEAN and info.std == D.CIFAR_STD
+    assert info.mean == defaults.CIFAR_MEAN and info.std == defaults.CIFAR_STD
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
     for x, y in (splits.train, splits.val, splits.test):
         assert x.dtype == np.uint8 and x.shape[1:] == (32, 32, 3)
@@ -185,7 +191,7 @@ def test_cifar_tfds_route_with_mock_data(tmp_path, monkeypatch):
     monkeypatch.setattr(tfds_source, "host_reachable", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=12):
         splits = D.load_splits("cifar10", data_dir=tmp_path, val_split=0.25)
-    assert splits.info.class_names == list(D.CIFAR10_CLASSES)
+    assert splits.info.class_names == list(CIFAR10_CLASSES)
     assert len(splits.train[0]) + len(splits.val[0]) == 12
     assert len(splits.val[0]) >= 1 and len(splits.test[0]) == 12
     for x, y in (splits.train, splits.val, splits.test):
@@ -218,7 +224,7 @@ def test_host_reachable_is_bounded_by_its_timeout(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(socket, "create_connection", hang)
     start = time.monotonic()
-    assert D.host_reachable("example.invalid", timeout=0.2) is False
+    assert tfds_source.host_reachable("example.invalid", timeout=0.2) is False
     assert time.monotonic() - start < 3
 
 
@@ -260,7 +266,7 @@ def check_tiny(splits, val_labels):
     assert info.num_classes == 3
     assert info.class_names == ["goldfish", "European fire salamander", "n09999999"]
     assert info.image_size == 64 and info.pad == 8 and info.flip
-    assert info.mean == D.IMAGENET_MEAN and info.std == D.IMAGENET_STD
+    assert info.mean == defaults.IMAGENET_MEAN and info.std == defaults.IMAGENET_STD
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
     assert xtr.shape[1:] == (64, 64, 3) and xtr.dtype == np.uint8
     assert len(xtr) + len(xva) == 12 and len(xva) >= 1
@@ -435,7 +441,7 @@ def test_argument_errors():
     for bad in (0, 1, 1.5, -0.1):
         with pytest.raises(DataError, match="val_split"):
             D.load_splits("digits", val_split=bad)
-    assert D._canonical_name("CIFAR-10") == "cifar10"
+    assert canonical_name("CIFAR-10") == "cifar10"
     assert "\n" not in str(DataError("two\nlines"))
 
 
@@ -469,15 +475,15 @@ def test_dataset_info_roundtrip():
 
 
 def test_stratified_split():
-    keep, held = D.stratified_split(np.arange(10), 0.3, seed=0)  # singleton classes
+    keep, held = stratified_split(np.arange(10), 0.3, seed=0)  # singleton classes
     assert len(held) == 3 and len(keep) == 7
     with pytest.raises(DataError, match="too few"):
-        D.stratified_split(np.array([4]), 0.1, seed=0)
+        stratified_split(np.array([4]), 0.1, seed=0)
     y = np.repeat(np.arange(4), [10, 20, 1, 9])
-    keep, held = D.stratified_split(y, 0.1, seed=0)
+    keep, held = stratified_split(y, 0.1, seed=0)
     assert np.bincount(y[held], minlength=4).tolist() == [1, 2, 0, 1]
     assert sorted(np.concatenate([keep, held]).tolist()) == list(range(len(y)))
-    keep, held = D.stratified_split(np.array([0, 0, 1]), 0.1, seed=0)
+    keep, held = stratified_split(np.array([0, 0, 1]), 0.1, seed=0)
     assert len(held) == 1 and len(keep) == 2
 
 
@@ -520,14 +526,14 @@ def match_augmentation(out, src, pad):
 def test_train_dataset_is_deterministic_and_resumable(toy):
     x, y = toy
     info = toy_info(2, True)
-    full = collect(D.make_train_dataset(x, y, info, 6, seed=5, num_epochs=3))
-    steps = D.steps_per_epoch(N, 6)
+    full = collect(make_train_dataset(x, y, info, 6, seed=5, num_epochs=3))
+    steps = steps_per_epoch(N, 6)
     assert steps == 6 and len(full) == 3 * steps
-    again = collect(D.make_train_dataset(x, y, info, 6, seed=5, num_epochs=3))
-    resumed = collect(D.make_train_dataset(x, y, info, 6, seed=5, first_epoch=1,
+    again = collect(make_train_dataset(x, y, info, 6, seed=5, num_epochs=3))
+    resumed = collect(make_train_dataset(x, y, info, 6, seed=5, first_epoch=1,
                                            num_epochs=2))
-    endless = collect(D.make_train_dataset(x, y, info, 6, seed=5).take(3 * steps + 1))
-    other_seed = collect(D.make_train_dataset(x, y, info, 6, seed=6, num_epochs=1))
+    endless = collect(make_train_dataset(x, y, info, 6, seed=5).take(3 * steps + 1))
+    other_seed = collect(make_train_dataset(x, y, info, 6, seed=6, num_epochs=1))
     for ref, runs in ((full, [again, endless[:3 * steps]]), (full[steps:], [resumed])):
         for run in runs:
             assert len(run) == len(ref)
@@ -545,7 +551,7 @@ def test_train_dataset_is_deterministic_and_resumable(toy):
 
 def test_train_augmentation_pads_crops_and_flips(toy):
     x, y = toy
-    ds = D.make_train_dataset(x, y, toy_info(2, True), 8, seed=1, num_epochs=2)
+    ds = make_train_dataset(x, y, toy_info(2, True), 8, seed=1, num_epochs=2)
     assert ds.cardinality().numpy() == 2 * (N // 8)
     offsets, flips, changed = set(), set(), 0
     for images, labels in collect(ds):
@@ -565,10 +571,10 @@ def test_train_augmentation_pads_crops_and_flips(toy):
 def test_train_without_flip_or_pad(toy):
     x, y = toy
     for images, labels in collect(
-            D.make_train_dataset(x, y, toy_info(0, False), 7, num_epochs=1)):
+            make_train_dataset(x, y, toy_info(0, False), 7, num_epochs=1)):
         np.testing.assert_array_equal(images, x[labels].astype(np.float32))
     for images, labels in collect(
-            D.make_train_dataset(x, y, toy_info(1, False), 10, num_epochs=2)):
+            make_train_dataset(x, y, toy_info(1, False), 10, num_epochs=2)):
         for img, label in zip(images.astype(np.uint8), labels):
             found = match_augmentation(img, x[label], 1)
             assert found and not any(f for _, _, f in found)
@@ -577,23 +583,23 @@ def test_train_without_flip_or_pad(toy):
 def test_train_dataset_errors(toy):
     x, y = toy
     with pytest.raises(DataError, match="--batch-size"):
-        D.make_train_dataset(x, y, toy_info(1, True), N + 1)
-    assert len(collect(D.make_train_dataset(x, y, toy_info(1, True), N,
+        make_train_dataset(x, y, toy_info(1, True), N + 1)
+    assert len(collect(make_train_dataset(x, y, toy_info(1, True), N,
                                             num_epochs=1))) == 1
     with pytest.raises(DataError, match="image size|px"):
-        D.make_train_dataset(x[:, :4, :4], y, toy_info(1, True), 4)
+        make_train_dataset(x[:, :4, :4], y, toy_info(1, True), 4)
     with pytest.raises(DataError):
-        D.make_train_dataset(x, y[:-1], toy_info(1, True), 4)
+        make_train_dataset(x, y[:-1], toy_info(1, True), 4)
 
 
 def test_eval_dataset(toy):
     x, y = toy
-    batches = collect(D.make_eval_dataset(x, y, 16))
+    batches = collect(make_eval_dataset(x, y, 16))
     assert [len(l) for _, l in batches] == [16, 16, 8]
     images = np.concatenate([a for a, _ in batches])
     assert images.dtype == np.float32
     np.testing.assert_array_equal(images, x.astype(np.float32))
     np.testing.assert_array_equal(np.concatenate([l for _, l in batches]), y)
-    assert len(collect(D.make_eval_dataset(x, y, 1000))) == 1
+    assert len(collect(make_eval_dataset(x, y, 1000))) == 1
     with pytest.raises(DataError, match="batch"):
-        D.make_eval_dataset(x, y, 0)
+        make_eval_dataset(x, y, 0)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from upanets_keras import distribute
+from upanets_keras.distribute import cluster as cluster_lib
+from upanets_keras.distribute import strategies
 from upanets_keras_cli.main import cli
 
 # A tiny run at a low learning rate, so that float rounding (which differs between
@@ -247,7 +248,7 @@ def test_malformed_tf_config_is_a_one_line_error(monkeypatch, tmp_path, raw, mes
 
 
 def test_tf_config_with_a_chief_ranks_it_first():
-    cluster = distribute.parse_tf_config(
+    cluster = cluster_lib.parse_tf_config(
         '{"cluster": {"chief": ["c:1"], "worker": ["a:2", "b:3"]}, "task": {"type": "worker", "index": 1}}'
     )
     assert cluster.rank == 2 and not cluster.is_chief
@@ -255,11 +256,11 @@ def test_tf_config_with_a_chief_ranks_it_first():
 
 
 def test_batch_and_learning_rate_rules():
-    assert distribute.global_batch_size(100, "global", 4) == 100
-    assert distribute.global_batch_size(100, "per-replica", 4) == 400
-    assert distribute.scaled_learning_rate(0.1, "linear", 100, 100) == 0.1  # global mode: unchanged
-    assert distribute.scaled_learning_rate(0.1, "linear", 400, 100) == pytest.approx(0.4)
-    assert distribute.scaled_learning_rate(0.1, "none", 400, 100) == 0.1
-    with pytest.raises(distribute.DistributeError, match="not divisible by the 3 replicas"):
-        distribute.global_batch_size(100, "global", 3)
-    assert distribute.make_strategy("auto").num_replicas_in_sync == 1  # no GPU here: the default strategy
+    assert strategies.global_batch_size(100, "global", 4) == 100
+    assert strategies.global_batch_size(100, "per-replica", 4) == 400
+    assert strategies.scaled_learning_rate(0.1, "linear", 100, 100) == 0.1  # global mode: unchanged
+    assert strategies.scaled_learning_rate(0.1, "linear", 400, 100) == pytest.approx(0.4)
+    assert strategies.scaled_learning_rate(0.1, "none", 400, 100) == 0.1
+    with pytest.raises(cluster_lib.DistributeError, match="not divisible by the 3 replicas"):
+        strategies.global_batch_size(100, "global", 3)
+    assert strategies.make_strategy("auto").num_replicas_in_sync == 1  # no GPU here: the default strategy

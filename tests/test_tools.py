@@ -26,20 +26,6 @@ def test_ab_processes_reads_configurations_as_environment_variables():
         ab.main(["only-one=config"])
 
 
-def test_towers_probe_split_batch_norm_computes_the_single_tower_function(capsys):
-    """The closed-form gradient of the probe's per-tower BatchNorm, against one tower, in float64."""
-    import json
-
-    probe = load("towers_probe")
-    probe.worker(probe.parse_args(["--worker", "--check", "--mode", "towers-split-bn", "--check-dtypes", "float64",
-                                   "--filters", "4", "--batch-size", "6", "--image-size", "8", "--towers", "2"]))
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    f64 = result["float64"]
-    assert f64["max_logit_difference"] < 1e-12
-    assert f64["largest_gradient"] > 1e-3
-    assert f64["max_gradient_difference"] < 1e-10 * max(1.0, f64["largest_gradient"])
-
-
 def test_gpu_run_driver_records_its_parts_and_the_ratios(tmp_path):
     """tools/gpu_run.py on the CPU: the environment part runs on JAX, a part past the budget is skipped and
     said so, and the side-by-side ratios come from the parts' figures."""

@@ -14,14 +14,11 @@ import keras_tuner
 import pytest
 from click.testing import CliRunner
 
-from upanets_keras.search_space import PAPER, SearchSpace, SearchSpaceError, parse_option
 from upanets_keras.training import TrainConfig
-from upanets_keras.tuning import (
-    TuneConfig,
-    TuningError,
-    UPANetsHyperModel,
-    _ORACLE_CLASSES,
-)
+from upanets_keras.tuning.config import TuneConfig, TuningError
+from upanets_keras.tuning.hypermodel import UPANetsHyperModel
+from upanets_keras.tuning.space import PAPER, SearchSpace, SearchSpaceError, parse_option
+from upanets_keras.tuning.trials import ORACLE_CLASSES
 from upanets_keras.variants import parameter_count
 from upanets_keras_cli.main import cli
 
@@ -125,15 +122,14 @@ def test_parameter_budget_and_divisibility():
 
 @pytest.mark.parametrize("name", ["random", "hyperband"])
 def test_oracle_draws_only_allowed_configurations(name, tmp_path):
-    oracle = _ORACLE_CLASSES[name](objective=keras_tuner.Objective("val_accuracy", "max"), seed=1,
-                                   **({"max_trials": 50} if name == "random" else {"max_epochs": 9}))
-    oracle.max_trials = 50
+    allowed = {(4, 1), (8, 2), (24, 3)}
+    oracle = ORACLE_CLASSES[name](objective=keras_tuner.Objective("val_accuracy", "max"), seed=1, max_trials=50,
+                                  valid=lambda v: (v["filters"], v["blocks"]) in allowed,
+                                  **({} if name == "random" else {"max_epochs": 9}))
     oracle._set_project_dir(str(tmp_path), "p")
     hp = keras_tuner.HyperParameters()
     SearchSpace({"filters": [4, 8, 12, 24], "blocks": [1, 2, 3]}).declare(hp)
     oracle.update_space(hp)
-    allowed = {(4, 1), (8, 2), (24, 3)}
-    oracle.valid = lambda v: (v["filters"], v["blocks"]) in allowed
     drawn = set()
     for i in range(12):
         trial = oracle.create_trial(f"tuner{i}")
@@ -211,7 +207,7 @@ def test_search_space_file(tmp_path):
     bad.write_text('{"depth": [1, 2]}')
     result = run("tune", "--dataset", "digits", "--search-space", bad, "--directory", tmp_path)
     assert result.exit_code == 1 and "unknown hyperparameter" in result.output
-    from upanets_keras.search_space import load_search_space
+    from upanets_keras.tuning.space import load_search_space
 
     assert load_search_space(str(spec)) == {"filters": [4, 8], "blocks": [1],
                                             "learning_rate": {"min": 0.05, "max": 0.2, "sampling": "log"}}

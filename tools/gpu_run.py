@@ -40,14 +40,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from side_by_side import CIFAR_MEAN, CIFAR_STD, load_reference, synthetic_batch, time_calls  # noqa: E402
+from side_by_side import CIFAR_MEAN, CIFAR_STD, VARIANTS, load_reference, synthetic_batch, time_calls  # noqa: E402
 
 # What the GPU machine lacks (its image has numpy, h5py, ml-dtypes, rich, absl-py, click, pyyaml, pillow,
 # matplotlib, scikit-learn, tensorboard, einops, jax and torch).
 WHEELS = ["keras==3.15.1", "namex==0.1.0", "optree==0.20.0"]
 GPU_PYTHON = "3.12"
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
-VARIANTS = {"upanets16": (16, 1), "upanets32": (32, 1), "upanets64": (64, 1)}
 
 
 def fetch(args):
@@ -159,13 +158,13 @@ def epoch_worker(args):
     import numpy as np
 
     from upanets_keras import data as data_lib
-    from upanets_keras.benchmark import CIFAR_MEAN as MEAN, CIFAR_STD as STD, _disk_cached
+    from upanets_keras.benchmark import _disk_cached
     from upanets_keras.training import TrainConfig, Throughput, build_model, compile_for_training, fit
     from upanets_keras.training import resolve_jit, resolve_precision
 
     x, y = synthetic_batch(args.images, args.image_size, 10)
     info = data_lib.DatasetInfo(name="synthetic", num_classes=10, class_names=[str(i) for i in range(10)],
-                                image_size=args.image_size, mean=MEAN, std=STD, pad=args.image_size // 8, flip=True)
+                                image_size=args.image_size, mean=CIFAR_MEAN, std=CIFAR_STD, pad=args.image_size // 8, flip=True)
     config = TrainConfig(variant=args.variant, batch_size=args.batch[0], epochs=args.epochs,
                          precision=args.precision[0]).resolved()
     precision, jit = resolve_precision(config.precision), resolve_jit(config.jit_compile)
@@ -174,7 +173,7 @@ def epoch_worker(args):
         start = time.perf_counter()
         x, y = _disk_cached(x, y, folder)
         cache_seconds = time.perf_counter() - start
-        model = build_model(config, 10, (args.image_size, args.image_size, 3), precision, MEAN, STD)
+        model = build_model(config, 10, (args.image_size, args.image_size, 3), precision, CIFAR_MEAN, CIFAR_STD)
         compile_for_training(model, config, steps, jit, precision)
         throughput = Throughput(steps * config.batch_size)
         fit(model, data_lib.train_input(x, y, info, config.batch_size, seed=0), config.epochs, steps,

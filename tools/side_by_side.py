@@ -24,39 +24,37 @@ Usage:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-PIPELINE_BATCHES = 10  # batches per input-pipeline timing, as upanets_keras.benchmark
-VARIANTS = {"upanets16": (16, 1), "upanets32": (32, 1), "upanets64": (64, 1)}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def plain_module(name):
+    """`upanets_keras.<name>` read from its file: importing the package would load Keras (and TensorFlow),
+    which this driver and the reference worker must not. Registered under its name, so the Keras worker's
+    package uses the same module."""
+    full = f"upanets_keras.{name}"
+    if full not in sys.modules:
+        spec = importlib.util.spec_from_file_location(full, os.path.join(ROOT, "upanets_keras", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+    return sys.modules[full]
+
+
+defaults, timing = plain_module("defaults"), plain_module("timing")
+CIFAR_MEAN, CIFAR_STD = defaults.CIFAR_MEAN, defaults.CIFAR_STD
+PIPELINE_BATCHES, synthetic_batch, time_calls = timing.PIPELINE_BATCHES, timing.synthetic_batch, timing.time_calls
+VARIANTS = {name: (v["filters"], v["blocks"]) for name, v in defaults.VARIANTS.items()}
 # Limits every vector-kernel library of both frameworks to AVX2 (oneDNN, MKL, ATen's dispatch).
 AVX2_EMULATION = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-
-
-def synthetic_batch(batch_size, image_size, num_classes, seed=0):
-    """uint8 NHWC images and int labels, the same as `upanets_keras.benchmark`'s."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
-    labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
-    return images, labels
-
-
-def time_calls(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def cpu_model():

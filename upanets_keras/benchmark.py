@@ -11,7 +11,10 @@ import numpy as np
 from upanets_keras import backend, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.data.inputs import uses_tf_data
+from upanets_keras.defaults import CIFAR_MEAN, CIFAR_STD
+from upanets_keras.errors import ConfigError
 from upanets_keras.model import build_upanets
+from upanets_keras.timing import PIPELINE_BATCHES, images_per_second, synthetic_batch, time_calls
 from upanets_keras.training import (
     TrainConfig,
     compile_for_training,
@@ -22,8 +25,6 @@ from upanets_keras.training import (
 from upanets_keras.variants import count_parameters, variant_config
 
 CIFAR_EPOCH = 50_000  # images in one CIFAR-10/100 training epoch
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-PIPELINE_BATCHES = 10  # batches per input-pipeline timing
 
 
 def device_description():
@@ -52,30 +53,6 @@ def thread_settings():
 
         inter, intra = torch.get_num_interop_threads(), torch.get_num_threads()
     return {"inter_op": inter, "intra_op": intra, "cpu_count": os.cpu_count(), "onednn": runtime.onednn_enabled()}
-
-
-def images_per_second(images, times):
-    """`images` divided by the median of `times` (seconds)."""
-    return images / statistics.median(times)
-
-
-def time_calls(fn, warmup, repeats):
-    """Call `fn` `warmup` times, then time `repeats` calls; returns the seconds of each."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _synthetic_batch(batch_size, image_size, num_classes, seed):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
-    labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
-    return images, labels
 
 
 def _disk_cached(x, y, cache_dir):
@@ -108,7 +85,7 @@ def time_input_pipeline(batch_size, image_size, num_classes=10, warmup=2, repeat
     import contextlib
     import tempfile
 
-    x, y = _synthetic_batch(batch_size * 50, image_size, num_classes, seed)
+    x, y = synthetic_batch(batch_size * 50, image_size, num_classes, seed)
     info = data_lib.DatasetInfo(
         name="synthetic", num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
         image_size=image_size, mean=CIFAR_MEAN, std=CIFAR_STD, pad=image_size // 8, flip=True,
@@ -155,7 +132,7 @@ def prepare_model(filters=16, blocks=1, num_classes=10, batch_size=100, image_si
         dtype=policy, name=name,
     )
     compile_for_training(model, config, CIFAR_EPOCH // batch_size, jit, policy)
-    images, labels = _synthetic_batch(batch_size, image_size, num_classes, seed)
+    images, labels = synthetic_batch(batch_size, image_size, num_classes, seed)
     return model, images.astype(np.float32), np.eye(num_classes, dtype=np.float32)[labels], policy, jit
 
 
@@ -249,12 +226,12 @@ def run_benchmark(
         spec = variant_config(variant)
         filters, blocks = spec["filters"], spec["blocks"]
     if steps < 1 or warmup < 0:
-        raise ValueError(f"`steps` must be >= 1 and `warmup` >= 0. Received: steps={steps}, warmup={warmup}")
+        raise ConfigError(f"`steps` must be >= 1 and `warmup` >= 0. Received: steps={steps}, warmup={warmup}")
     from upanets_keras.formats import FORMATS
 
     exported = tuple(dict.fromkeys(exported))
     if not set(exported) <= set(FORMATS):
-        raise ValueError(f"`exported` takes formats from {', '.join(FORMATS)}. Received: exported={exported}")
+        raise ConfigError(f"`exported` takes formats from {', '.join(FORMATS)}. Received: exported={exported}")
     if exported and backend.name() != "tensorflow":
         raise backend.BackendError("timing exported artifacts needs the TensorFlow backend (export writes them with "
                                    f"TensorFlow): run it with --backend tensorflow. Received: exported={exported}")

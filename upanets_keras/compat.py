@@ -207,16 +207,17 @@ def trial_files(tuner, trial_id):
     return tuner._get_checkpoint_fname(trial_id), tuner._get_build_config_fname(trial_id)
 
 
-def write_keras_tuner_state_atomically():
-    """Make keras-tuner write its state files (`oracle.json`, `trial.json`, `tuner0.json`) beside and rename them.
+def write_keras_tuner_state_atomically(atomic_write):
+    """Make keras-tuner write its state files (`oracle.json`, `trial.json`, `tuner0.json`) through `atomic_write`.
+
+    `atomic_write(path)` (`saving.atomic_write`, passed in so that this module imports no other of
+    the project's) opens a file beside `path` that is renamed into place.
 
     Why private: keras-tuner writes them in place through `keras_tuner.src.utils.save_json`,
     so a search killed mid-write leaves a truncated file that stops every later run of the
     same command; no public hook changes how they are written. Remote paths keep its writer.
     """
     import json
-
-    from upanets_keras.files import atomic_write
 
     utils = importlib.import_module("keras_tuner.src.utils")
     if getattr(utils.save_json, "atomic", False):

@@ -15,3 +15,7 @@ class UPANetsError(Exception):
 
 class ConfigError(UPANetsError, ValueError):
     """An argument or option out of its range or choices."""
+
+
+class PathError(UPANetsError, OSError):
+    """A file or folder that cannot be read or written where the user pointed."""

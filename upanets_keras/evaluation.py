@@ -29,16 +29,19 @@ def evaluate_arrays(model, x, y, batch_size=100):
     Example:
     >>> evaluate_arrays(model, x_test, y_test)["accuracy"]  # doctest: +SKIP
     """
+    from sklearn.metrics import confusion_matrix
+
     logits = predict_logits(model, x, batch_size)
     num_classes = logits.shape[-1]
     y = np.asarray(y, dtype="int64")
+    # Not sklearn's log_loss: it clips probabilities, so a confidently wrong prediction would lose its true loss.
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     predicted = logits.argmax(axis=1)
     k = min(5, num_classes)
+    # Not sklearn's top_k_accuracy_score: it refuses the (n, 2) scores of a two-class model.
     top_k = np.argsort(-logits, axis=1)[:, :k]
-    confusion = np.zeros((num_classes, num_classes), dtype="int64")
-    np.add.at(confusion, (y, predicted), 1)
+    confusion = confusion_matrix(y, predicted, labels=np.arange(num_classes))
     support = confusion.sum(axis=1)
     per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
     return {

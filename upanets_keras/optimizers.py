@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from upanets_keras import compat
+from upanets_keras.errors import ConfigError
 from upanets_keras.layers import PACKAGE
 
 
@@ -35,10 +36,10 @@ class ReferenceSGD(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
+            raise ConfigError(f"`momentum` must be in [0, 1]. Received: momentum={momentum}")
         weight_decay = float(weight_decay or 0.0)
         if weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
+            raise ConfigError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
         self.momentum = momentum
         # Not `self.weight_decay`: the base class would apply that one decoupled.
         self.coupled_weight_decay = weight_decay

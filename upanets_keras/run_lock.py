@@ -12,7 +12,7 @@ Example:
 import fcntl
 import os
 
-from upanets_keras.errors import UPANetsError
+from upanets_keras.errors import PathError, UPANetsError
 
 LOCK_NAME = ".lock"
 
@@ -41,7 +41,7 @@ class RunLock:
         try:
             os.makedirs(self.directory, exist_ok=True)
         except OSError as e:
-            raise OSError(f"cannot write to output directory {self.directory}: {e.strerror}") from None
+            raise PathError(f"cannot write to output directory {self.directory}: {e.strerror}") from None
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

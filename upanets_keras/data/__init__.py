@@ -24,50 +24,20 @@ import pathlib
 
 from upanets_keras.data import cache as cache_lib
 from upanets_keras.data import sources  # noqa: F401  (registers the datasets)
-from upanets_keras.data.cache import CACHE_MODES, CachedImages, concatenate
+from upanets_keras.data.cache import CACHE_MODES, concatenate
 from upanets_keras.data.errors import DataError
-from upanets_keras.data.images import (
-    IMAGE_EXTENSIONS,
-    check_image_size,
-    decode_image_files,
-    list_image_files,
-    load_image_files,
-)
-from upanets_keras.data.draws import steps_per_epoch
+from upanets_keras.data.images import check_image_size, decode_image_files, list_image_files, load_image_files
 from upanets_keras.data.inputs import eval_input, train_input
-from upanets_keras.data.registry import LoadRequest, canonical_name, dataset_names, loader, register_dataset
+from upanets_keras.data.registry import LoadRequest, canonical_name, dataset_names, loader
 from upanets_keras.data.source import assemble
-from upanets_keras.data.sources.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN, CIFAR_STD
-from upanets_keras.data.sources.tfds import host_reachable
-from upanets_keras.data.sources.tiny_imagenet import IMAGENET_MEAN, IMAGENET_STD
-from upanets_keras.data.splits import (
-    FIXED_TEST_SPLIT_SEED,
-    DatasetInfo,
-    Splits,
-    channel_stats,
-    stratified_split,
-)
+from upanets_keras.data.splits import DatasetInfo, Splits, channel_stats
 
 DATASET_NAMES = dataset_names()
-_canonical_name = canonical_name  # kept for callers of the former module
 
 __all__ = [
-    "CACHE_MODES", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_MEAN", "CIFAR_STD", "CachedImages",
-    "DATASET_NAMES", "DataError", "DatasetInfo", "FIXED_TEST_SPLIT_SEED", "IMAGENET_MEAN", "IMAGENET_STD",
-    "IMAGE_EXTENSIONS", "Splits", "canonical_name", "channel_stats", "concatenate", "decode_image_files",
-    "eval_input", "host_reachable", "list_image_files", "load_image_files", "load_splits", "make_eval_dataset",
-    "make_train_dataset", "register_dataset", "steps_per_epoch", "stratified_split", "train_input",
+    "CACHE_MODES", "DATASET_NAMES", "DataError", "DatasetInfo", "Splits", "concatenate", "decode_image_files",
+    "eval_input", "list_image_files", "load_image_files", "load_splits", "train_input",
 ]
-_TF_DATA = ("make_train_dataset", "make_eval_dataset")
-
-
-def __getattr__(name):
-    """The tf.data pipelines, imported (with TensorFlow) only when asked for."""
-    if name in _TF_DATA:
-        from upanets_keras.data import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _check_fraction(value, what, flag):

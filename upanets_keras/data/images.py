@@ -128,6 +128,7 @@ def resize_batch(x, size):
     return out
 
 
+# Not keras.utils.Progbar: it writes to stdout (where `--json` output goes) and, off a terminal, only at the end.
 class Progress:
     """A one-line progress display on stderr for long jobs (a line per 10% when not a terminal)."""
 

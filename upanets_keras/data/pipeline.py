@@ -9,7 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from upanets_keras.data import draws
-from upanets_keras.data.draws import check_batch_size, check_xy, steps_per_epoch  # noqa: F401 (re-exported)
+from upanets_keras.data.draws import check_batch_size, check_xy
 
 
 def _image_gatherer(x):

@@ -38,6 +38,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         save_model_atomically(self.model, self.path)
 
 
+# Not keras.callbacks.CSVLogger: a kill mid-write would leave a partial row in the file a resume reads.
 class HistoryLog(keras.callbacks.Callback):
     """Records each epoch's logs with `write(epoch, logs)` (`RunDirectory.append_history`: never a partial row)."""
 
@@ -49,6 +50,7 @@ class HistoryLog(keras.callbacks.Callback):
         self.write(epoch, logs or {})
 
 
+# Not keras.callbacks.TerminateOnNaN: it lets the epoch-end checkpoint save NaN weights, or raises a bare RuntimeError.
 class NaNGuard(keras.callbacks.Callback):
     """Abort at the first non-finite loss, before any epoch-end checkpoint runs."""
 
@@ -83,6 +85,7 @@ class Throughput(keras.callbacks.Callback):
         return self.images_per_epoch * len(times) / sum(times) if times else None
 
 
+# Not fit(verbose=2) or keras.utils.Progbar: they print to stdout without the learning rate; `echo` is the caller's.
 class EpochSummary(keras.callbacks.Callback):
     """One line per epoch, for logs and terminals without progress bars."""
 

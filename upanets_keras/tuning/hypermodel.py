@@ -5,7 +5,7 @@ import dataclasses
 import keras
 import keras_tuner
 
-from upanets_keras.search_space import SearchSpace
+from upanets_keras.tuning.space import SearchSpace
 from upanets_keras.training import TrainConfig, build_model, compile_for_training, fit, resolve_jit, resolve_precision
 from upanets_keras.variants import count_parameters
 

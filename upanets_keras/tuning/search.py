@@ -12,79 +12,20 @@ import numpy as np
 
 from upanets_keras import compat
 from upanets_keras import data as data_lib
-from upanets_keras.data import CACHE_MODES
-from upanets_keras.distribute import Distribution
+from upanets_keras.defaults import OBJECTIVES
+from upanets_keras.files import atomic_write, resumable_when_disk_full
 from upanets_keras.run_lock import LOCK_NAME, RunLock
-from upanets_keras.files import resumable_when_disk_full
 from upanets_keras.saving import save_model_atomically
-from upanets_keras.search_space import SearchSpace
-from upanets_keras.training import EpochSummary, TrainConfig, fit, versions
+from upanets_keras.training import EpochSummary, fit, versions
+from upanets_keras.tuning.config import TuningError
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
+from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
 from upanets_keras.tuning.report import format_row, format_table, trial_row, write_json, write_trials
+from upanets_keras.tuning.space import SearchSpace
 from upanets_keras.tuning.trials import ORACLE_CLASSES, UPANetsHyperband, UPANetsTuner
 from upanets_keras.variants import count_parameters
 
-TUNERS = ("random", "bayesian", "hyperband")
-OBJECTIVES = {"val_accuracy": "val_accuracy", "efficiency": "val_efficiency"}
-TRIAL_STRATEGIES = ("auto", "one", "mirrored")
 SEARCH_FILE = "search.json"
-# Settings that define a search: resuming with other values would mix incomparable trials.
-IDENTITY = ("dataset", "image_size", "val_split", "seed", "tuner", "objective", "epochs",
-            "batch_size", "max_params", "search_space", "precision")
-
-
-class TuningError(ValueError):
-    """A search that cannot start or continue; the message says what to do."""
-
-
-@dataclasses.dataclass
-class TuneConfig:
-    """Everything that defines a search (saved as `search.json` in the project)."""
-
-    dataset: str = "digits"
-    data_dir: str = None
-    image_size: int = None
-    tuner: str = "random"
-    max_trials: int = 10
-    epochs: int = 10
-    objective: str = "val_accuracy"
-    max_params: int = None
-    search_space: dict = None
-    batch_size: int = 100
-    final_epochs: int = None
-    val_split: float = 0.1
-    seed: int = 0
-    precision: str = "auto"
-    jit_compile: str = "auto"
-    directory: str = "runs/tune"
-    project_name: str = None
-    connect_timeout: float = 30.0
-    strategy: str = "auto"
-    cache: str = "auto"
-    cache_dir: str = None
-
-    def resolved(self):
-        config = dataclasses.replace(self)
-        choices = [("tuner", TUNERS, "unknown tuner"), ("objective", OBJECTIVES, "unknown objective"),
-                   ("cache", CACHE_MODES, "unknown cache mode")]
-        for field, allowed, what in choices:
-            if getattr(config, field) not in allowed:
-                raise TuningError(f"{what}; choose one of {', '.join(allowed)}. Received: {field}="
-                                  f"{getattr(config, field)!r}")
-        if config.strategy not in TRIAL_STRATEGIES:
-            raise TuningError(
-                f"a trial runs with one of the strategies {', '.join(TRIAL_STRATEGIES)} (several machines: "
-                f"distributed tuning, see the README). Received: strategy={config.strategy!r}"
-            )
-        if config.max_trials < 1 or config.epochs < 1:
-            raise TuningError(
-                f"--max-trials and --epochs must be >= 1. Received: max_trials={config.max_trials}, epochs={config.epochs}"
-            )
-        config.search_space = SearchSpace(config.search_space).to_dict()
-        config.project_name = config.project_name or config.dataset
-        if config.final_epochs is None:
-            config.final_epochs = config.epochs
-        return config
 
 
 def distributed_role():
@@ -94,7 +35,7 @@ def distributed_role():
         if not kt_distribute.has_chief_oracle():
             return "local"
     except RuntimeError as e:
-        raise TuningError(f"{e} (see the README's distributed tuning recipe)") from None
+        raise TuningError(f"{e} (see docs/distributed.md, distributed tuning)") from None
     return "chief" if kt_distribute.is_chief_oracle() else "worker"
 
 
@@ -131,7 +72,7 @@ def prepare_project(config, project_dir, role, overwrite, payload):
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f).get("search", {})
-        for key in IDENTITY:
+        for key in payload["search"]:
             if saved.get(key) != payload["search"][key]:
                 raise TuningError(
                     f"{project_dir} holds a search with a different {key.replace('_', ' ')} "
@@ -148,37 +89,6 @@ def prepare_project(config, project_dir, role, overwrite, payload):
         write_json(path, payload)
 
 
-def prepare_data(config):
-    """The splits, the hypermodel and the allowed (filters, blocks) pairs of a resolved search."""
-    splits = data_lib.load_splits(
-        config.dataset, data_dir=config.data_dir, image_size=config.image_size, val_split=config.val_split,
-        seed=config.seed, verbose=False, cache=config.cache, cache_dir=config.cache_dir,
-    )
-    info = splits.info
-    space = SearchSpace(config.search_space)
-    pairs = space.check(config.max_params, info.num_classes, info.image_size)
-    steps = len(splits.train[0]) // config.batch_size
-    if steps < 1:
-        raise TuningError(
-            f"--batch-size {config.batch_size} is larger than the {len(splits.train[0])} training images; "
-            "use a smaller --batch-size"
-        )
-    base = TrainConfig(dataset=config.dataset, epochs=config.epochs, batch_size=config.batch_size,
-                       seed=config.seed, precision=config.precision, jit_compile=config.jit_compile)
-    hypermodel = UPANetsHyperModel(
-        info.num_classes, (info.image_size, info.image_size, 3), space, base, steps,
-        info.mean, info.std, info.class_names, defaults=space.defaults(pairs),
-    )
-    return splits, hypermodel, pairs
-
-
-def trial_datasets(config, splits):
-    """A trial's one-hot training stream and validation batches."""
-    info = splits.info
-    train = data_lib.train_input(*splits.train, info, config.batch_size, seed=config.seed)
-    return train, data_lib.eval_input(*splits.val, config.batch_size, info.num_classes)
-
-
 def retrain_best(config, hypermodel, values, splits, project_dir, echo):
     """Train the best configuration on train+validation; save `best.keras` and `metrics.json`."""
     x = data_lib.concatenate([splits.train[0], splits.val[0]])
@@ -190,13 +100,9 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo):
         train_config, steps, hypermodel.pixel_mean, hypermodel.pixel_std, hypermodel.class_names,
     )
     keras.backend.clear_session()
-    distribution = Distribution.for_strategy(config.strategy, config.batch_size)
-    with distribution.scope():
-        model = final.build(keras_tuner.HyperParameters())
-        distribution.prepare_model(model)
-    info = splits.info
-    train_ds = data_lib.train_input(x, y, info, config.batch_size, seed=config.seed)
-    test_ds = data_lib.eval_input(*splits.test, config.batch_size, info.num_classes)
+    distribution = trial_distribution(config)
+    model, _ = prepared_model(distribution, final, values)
+    train_ds, test_ds = trial_datasets(config, splits.info, (x, y), splits.test)
     with distribution.fit_scope():
         fit(model, train_ds, config.final_epochs, steps, callbacks=[EpochSummary(config.final_epochs, steps, echo)])
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
@@ -213,21 +119,15 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo):
 
 def _make_tuner(config, hypermodel, allowed, report):
     objective = keras_tuner.Objective(OBJECTIVES[config.objective], "max")
-    oracle_kwargs = {"objective": objective, "seed": config.seed}
-    if config.tuner == "hyperband":
-        oracle_kwargs.update(max_epochs=config.epochs)
-    else:
-        oracle_kwargs.update(max_trials=config.max_trials)
-    oracle = ORACLE_CLASSES[config.tuner](**oracle_kwargs)
-    oracle.max_trials = config.max_trials
-    oracle.valid = lambda values: (values.get("filters"), values.get("blocks")) in allowed
-    oracle.report = report
-    compat.write_keras_tuner_state_atomically()
+    epoch_budget = {"max_epochs": config.epochs} if config.tuner == "hyperband" else {}
+    oracle = ORACLE_CLASSES[config.tuner](
+        objective=objective, seed=config.seed, max_trials=config.max_trials, report=report,
+        valid=lambda values: (values.get("filters"), values.get("blocks")) in allowed, **epoch_budget,
+    )
+    compat.write_keras_tuner_state_atomically(atomic_write)
     tuner_class = UPANetsHyperband if config.tuner == "hyperband" else UPANetsTuner
     tuner = tuner_class(oracle=oracle, hypermodel=hypermodel, directory=config.directory,
-                        project_name=config.project_name)
-    tuner.report = report
-    tuner.search_config = config
+                        project_name=config.project_name, report=report, search_config=config)
     return tuner, oracle  # on a worker `tuner.oracle` is a client of the chief's oracle
 
 
@@ -248,6 +148,7 @@ def tune(config, overwrite=False, echo=print):
         The `metrics.json` dict of the retrained best model (`None` on a worker).
 
     Example:
+    >>> from upanets_keras.tuning import TuneConfig
     >>> tune(TuneConfig(dataset="digits", max_trials=8, epochs=5))  # doctest: +SKIP
     """
     config = config.resolved()
@@ -267,7 +168,7 @@ def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo
     if role == "worker":
         wait_for_chief(config.connect_timeout)  # by then the chief has prepared the project
     prepare_project(config, project_dir, role, overwrite, {
-        "search": {k: getattr(config, k) for k in IDENTITY}, "run": dataclasses.asdict(config),
+        "search": config.identity(), "run": dataclasses.asdict(config),
         "dataset": info.to_dict(), "versions": versions(),
     })
     names = list(space.to_dict())

@@ -11,6 +11,8 @@ import keras
 import keras_tuner
 
 from upanets_keras import compat
+from upanets_keras.tuning.config import TuneConfig
+from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
 
 ORACLES = {
     "random": keras_tuner.oracles.RandomSearchOracle,
@@ -34,9 +36,13 @@ def resident_memory_mb():
 
 
 class _ConstrainedOracle(compat.ConstrainedSampling):
-    """Oracle mixin: proposes only valid configurations; times and reports trials."""
+    """Oracle mixin: proposes only valid configurations; times and reports trials.
 
-    report = None
+    Args (besides the oracle's own):
+        valid: `valid(values)` is true for a configuration that may be proposed (default: all).
+        report: called as `report(trial, seconds)` on the chief when a trial ends.
+        max_trials: trials in all, also for Hyperband (whose constructor takes an epoch budget only).
+    """
 
     def populate_space(self, trial_id):
         response = super().populate_space(trial_id)
@@ -47,8 +53,13 @@ class _ConstrainedOracle(compat.ConstrainedSampling):
             response = {"status": "RUNNING", "values": values} if values else {"status": "STOPPED", "values": None}
         return response
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, valid=None, report=None, max_trials=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if valid is not None:
+            self.valid = valid
+        self.report = report
+        if max_trials is not None:
+            self.max_trials = max_trials
         self._start_times = {}
         self.trial_seconds = {}  # trial id -> seconds, kept across resumes
 
@@ -82,8 +93,6 @@ ORACLE_CLASSES = {name: type(f"UPANets{base.__name__}", (_ConstrainedOracle, bas
 
 class _ReportingTuner:
     """Tuner mixin: one line per trial this process ran, with its resident memory."""
-
-    report = None
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
@@ -128,22 +137,16 @@ def run_trial_process(spec):
     if os.getppid() != spec["parent"]:  # the search was killed while this process started
         os._exit(1)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from upanets_keras.distribute import Distribution
-    from upanets_keras.tuning.search import TuneConfig, prepare_data, trial_datasets
 
     config = TuneConfig(**spec["config"])
-    distribution = Distribution.for_strategy(config.strategy, config.batch_size)  # before other TensorFlow work
+    distribution = trial_distribution(config)  # before other TensorFlow work
     splits, hypermodel, _ = prepare_data(config)
-    hp = keras_tuner.HyperParameters()
-    hp.values.update(spec["values"])
-    with distribution.scope():
-        model = hypermodel.build(hp)
-        distribution.prepare_model(model)
+    model, hp = prepared_model(distribution, hypermodel, spec["values"])
     if spec["initial_weights"]:
         model.load_weights(spec["initial_weights"])
     with open(spec["build_config"], "w") as f:
         json.dump(model.get_build_config(), f)
-    train_ds, val_ds = trial_datasets(config, splits)
+    train_ds, val_ds = trial_datasets(config, splits.info, splits.train, splits.val)
     objective = keras_tuner.Objective(spec["objective"], "max")
     with distribution.fit_scope():
         history = hypermodel.fit(
@@ -164,7 +167,6 @@ class _TrialProcesses:
     grows without bound; a process per trial keeps the search's memory flat.
     """
 
-    search_config = None
     trial_peak_mb = None
 
     def run_trial(self, trial, *args, **kwargs):
@@ -192,12 +194,29 @@ class _TrialProcesses:
         return [history]
 
 
-class UPANetsTuner(_TrialProcesses, _SavedFromTheStart, _ReportingTuner, keras_tuner.Tuner):
-    """A `keras_tuner.Tuner` for random and Bayesian search."""
+class _Configured:
+    """Tuner mixin: the search's settings as constructor arguments, with a given oracle.
+
+    Args (besides `keras_tuner.Tuner`'s):
+        report: called as `report(trial, seconds, memory)` after each trial this process ran.
+        search_config: the resolved `TuneConfig`; each trial then runs in a fresh process
+            (`None`: in this process, as keras-tuner does).
+    """
+
+    def __init__(self, oracle, report=None, search_config=None, **kwargs):
+        self.report = report
+        self.search_config = search_config
+        keras_tuner.Tuner.__init__(self, oracle=oracle, **kwargs)  # Hyperband's own would build an oracle
 
 
-class UPANetsHyperband(_TrialProcesses, _SavedFromTheStart, _ReportingTuner, keras_tuner.Hyperband):
-    """Hyperband's trial running (epoch budgets, warm starts) with a given oracle."""
+class UPANetsTuner(_Configured, _TrialProcesses, _SavedFromTheStart, _ReportingTuner, keras_tuner.Tuner):
+    """A `keras_tuner.Tuner` for random and Bayesian search.
 
-    def __init__(self, oracle, **kwargs):
-        keras_tuner.Tuner.__init__(self, oracle=oracle, **kwargs)  # Hyperband's own builds an oracle
+    Example:
+    >>> tuner = UPANetsTuner(oracle, hypermodel=hypermodel, directory="runs/tune", project_name="digits",
+    ...                      report=print, search_config=config)  # doctest: +SKIP
+    """
+
+
+class UPANetsHyperband(_Configured, _TrialProcesses, _SavedFromTheStart, _ReportingTuner, keras_tuner.Hyperband):
+    """Hyperband's trial running (epoch budgets, warm starts) with a given oracle; arguments as `UPANetsTuner`'s."""

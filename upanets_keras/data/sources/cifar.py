@@ -16,9 +16,8 @@ from upanets_keras.data.images import resize_batch
 from upanets_keras.data.registry import register_dataset
 from upanets_keras.data.source import SourceData, SplitReader, array_reader
 from upanets_keras.data.sources import tfds as tfds_source
+from upanets_keras.defaults import CIFAR_MEAN, CIFAR_STD
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR_DOWNLOAD_HOST = "www.cs.toronto.edu"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from upanets_keras.data.registry import register_dataset
 from upanets_keras.data.source import SourceData
 from upanets_keras.data.sources import tfds as tfds_source
-from upanets_keras.data.sources.tiny_imagenet import IMAGENET_MEAN, IMAGENET_STD
+from upanets_keras.defaults import IMAGENET_MEAN, IMAGENET_STD
 
 HOMEPAGE = "https://patrykchrabaszcz.github.io/Imagenet32/"
 DOWNLOAD_HOST = "www.image-net.org"

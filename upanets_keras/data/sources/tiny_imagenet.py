@@ -10,9 +10,8 @@ from upanets_keras.data.errors import DataError
 from upanets_keras.data.images import ZipMember, decode_chunks, is_image_name
 from upanets_keras.data.registry import register_dataset
 from upanets_keras.data.source import SourceData, SplitReader
+from upanets_keras.defaults import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 

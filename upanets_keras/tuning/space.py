@@ -6,17 +6,17 @@ A space maps hyperparameter names to a spec: a list of choices, a float range
 
 import itertools
 
+from upanets_keras.defaults import PAPER_HYPERPARAMETERS as PAPER
+from upanets_keras.defaults import SEARCH_SPACE as DEFAULT_SPACE
+from upanets_keras.errors import ConfigError
 from upanets_keras.variants import parameter_count
 
-# The paper's configuration: the defaults of every hyperparameter.
-PAPER = {"filters": 16, "blocks": 1, "learning_rate": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.0}
-DEFAULT_SPACE = {"filters": [8, 16, 24, 32], "blocks": [1, 2]}
 INTEGER_HPS = ("filters", "blocks")
 FLOAT_HPS = ("learning_rate", "weight_decay", "label_smoothing")
 LOG_SCALE = ("learning_rate", "weight_decay")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(ConfigError):
     """A search space that cannot be searched; the message says what to change."""
 
 
