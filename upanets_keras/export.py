@@ -89,6 +89,9 @@ class _QuietDeprecation:
         return "trackable_obj" not in record.getMessage()
 
 
+# Not `model.export(format="litert" | "onnx")` (Keras 3.15.1, tried on a filters-4 model): its ONNX
+# file takes the `preprocess` constants as two extra graph inputs, and both name their tensors
+# generically (`serving_default_images:0`, `Identity:0`); one frozen float32 function serves both here.
 def _litert_bytes(model, quantize, calibration):
     import logging
 
