@@ -26,6 +26,7 @@ def test_ab_processes_reads_configurations_as_environment_variables():
         ab.main(["only-one=config"])
 
 
+@pytest.mark.heavy
 def test_towers_probe_split_batch_norm_computes_the_single_tower_function(capsys):
     """The closed-form gradient of the probe's per-tower BatchNorm, against one tower, in float64."""
     import json
@@ -40,6 +41,7 @@ def test_towers_probe_split_batch_norm_computes_the_single_tower_function(capsys
     assert f64["max_gradient_difference"] < 1e-10 * max(1.0, f64["largest_gradient"])
 
 
+@pytest.mark.heavy
 def test_gpu_run_driver_records_its_parts_and_the_ratios(tmp_path):
     """tools/gpu_run.py on the CPU: the environment part runs on JAX, a part past the budget is skipped and
     said so, and the side-by-side ratios come from the parts' figures."""
