@@ -11,7 +11,7 @@ BASE_STAMP := $(VENV)/.installed-base
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo-digits
 
-.PHONY: install demo test soak clean
+.PHONY: install demo test test-fast soak clean
 
 $(BASE_STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,17 @@ demo: $(BASE_STAMP)
 	$(BIN)/upanets-keras train --dataset digits --filters 8 --epochs 8 -o $(DEMO_DIR) --overwrite
 	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png
 
-# Two test processes, a test file each at a time: most of a test's time is single-threaded
-# (process start-up, graph tracing), so two overlap well on two cores. The slow tier (the kill
-# soak, about 10 minutes) runs with `make soak`.
+# Two test processes: most of a test's time is single-threaded (process start-up, graph tracing),
+# so two overlap well on two cores. The slow tier (the kill soak, about 10 minutes) runs with
+# `make soak`. Each worker takes a group of tests (a file, or one long test) at a time, the longest first:
+# OWN_GROUP and SLOWEST_GROUPS in tests/conftest.py; --no-loadscope-reorder keeps that order.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+
+# The edit loop's tier, under 3 minutes: everything but the tests marked heavy (training runs,
+# exports, subprocesses) and slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow and not heavy"
 
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist load -m slow

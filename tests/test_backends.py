@@ -106,6 +106,7 @@ print(json.dumps({"backend": keras.backend.backend(), "digest": h.hexdigest()}))
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_the_first_batches_of_a_run_are_the_same_on_every_backend(tmp_path, cache):
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
@@ -152,6 +153,7 @@ print(json.dumps({"devices": len(jax.devices()), "step_loss": [step["one"][0], s
 """
 
 
+@pytest.mark.heavy
 def test_jax_mirrored_is_data_parallel_over_two_devices_with_the_loss_of_one(tmp_path):
     env = without_tensorflow("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = run_python("jax", TWO_DEVICES, str(tmp_path), env=env)
@@ -167,6 +169,7 @@ def test_jax_mirrored_is_data_parallel_over_two_devices_with_the_loss_of_one(tmp
     assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=5e-2)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_the_parity_and_optimizer_tests_pass_without_tensorflow(backend):
     """tests/test_parity.py (logits, an SGD step, BatchNorm statistics) and the torch.optim.SGD trajectory."""
@@ -190,22 +193,21 @@ def cli(backend, *args, env=None, timeout=600):
 TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "2"]
 
 
-@pytest.fixture(scope="module")
-def trained_on(tmp_path_factory):
-    """`backend -> run directory` of a tiny digits run trained on that backend without TensorFlow (once each)."""
-    runs = {}
+@pytest.fixture
+def trained_on(shared_run):
+    """`backend -> run directory` of a tiny digits run trained on that backend without TensorFlow.
 
-    def get(backend):
-        if backend not in runs:
-            out = tmp_path_factory.mktemp(f"digits-{backend}")
-            proc = cli(backend, "train", *TINY, "-o", str(out), "--overwrite")
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            runs[backend] = out
-        return runs[backend]
+    Trained once per test session (for all xdist workers: the tests using it run in several groups).
+    """
 
-    return get
+    def train(out, backend):
+        proc = cli(backend, "train", *TINY, "-o", str(out), "--overwrite")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return lambda backend: shared_run(f"digits-f4-s16-b64-e2-{backend}", lambda out: train(out, backend))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_a_digits_run_trains_without_tensorflow_and_keeps_its_promises(trained_on, backend):
     out = trained_on(backend)
@@ -219,8 +221,9 @@ def test_a_digits_run_trains_without_tensorflow_and_keeps_its_promises(trained_o
     assert "--overwrite" in again.stderr + again.stdout or again.returncode == 0
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("trained", OTHER_BACKENDS)
-def test_a_model_trained_without_tensorflow_scores_the_same_under_tensorflow(trained_on, trained):
+def test_a_model_trained_without_tensorflow_scores_the_same_under_tensorflow(trained_on, trained, tmp_path):
     out = trained_on(trained)
     expected = json.loads((out / "metrics.json").read_text())["test_accuracy"]
     proc = cli("tensorflow", "evaluate", str(out / "best.keras"), "--dataset", "digits", "--json")
@@ -228,8 +231,9 @@ def test_a_model_trained_without_tensorflow_scores_the_same_under_tensorflow(tra
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(expected, abs=1e-6)
     if trained == "jax":  # export converts with TensorFlow, whatever trained the model
         pytest.importorskip("ai_edge_litert")
-        proc = cli("tensorflow", "export", str(out / "best.keras"), "-o", str(out / "m.tflite"), "--format", "litert")
-        assert proc.returncode == 0 and (out / "m.tflite").exists(), proc.stderr[-3000:]
+        proc = cli("tensorflow", "export", str(out / "best.keras"), "-o", str(tmp_path / "m.tflite"), "--format",
+                   "litert")
+        assert proc.returncode == 0 and (tmp_path / "m.tflite").exists(), proc.stderr[-3000:]
 
 
 LOGITS = """
@@ -241,6 +245,7 @@ print(json.dumps({"backend": keras.backend.backend(),
 """
 
 
+@pytest.mark.heavy
 def test_keras_files_give_the_same_logits_on_every_backend(trained_on):
     for trained in OTHER_BACKENDS:
         path = str(trained_on(trained) / "best.keras")
@@ -252,6 +257,7 @@ def test_keras_files_give_the_same_logits_on_every_backend(trained_on):
             assert rel < 1e-5, (trained, backend, rel)
 
 
+@pytest.mark.heavy
 def test_backend_errors_are_one_line(tmp_path):
     (tmp_path / "m.keras").write_bytes(b"")  # refused before it is read
     proc = cli("jax", "export", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.onnx"), "--format", "onnx")
@@ -262,6 +268,7 @@ def test_backend_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "not installed" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.heavy
 def test_installing_for_jax_or_torch_leaves_tensorflow_out(tmp_path):
     root = TESTS.parent
     requires = {}
@@ -284,6 +291,7 @@ print(json.dumps([keras.ops.convert_to_numpy(w).ravel()[:50].tolist() for w in m
 """
 
 
+@pytest.mark.heavy
 def test_a_jax_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_one(trained_on, tmp_path):
     whole = trained_on("jax")
     out = tmp_path / "killed"
@@ -298,6 +306,7 @@ def test_a_jax_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_o
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_predict_runs_without_tensorflow(trained_on, tmp_path, backend):
     from PIL import Image

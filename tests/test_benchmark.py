@@ -18,6 +18,7 @@ def figures():
     return run_benchmark(**TINY, exported=("litert", "litert") if HAS_LITERT else ())
 
 
+@pytest.mark.heavy
 def test_figures_are_positive_and_describe_the_setup(figures):
     rates = figures["images_per_second"]
     assert set(rates) == {"train", "inference", "input_pipeline"}
@@ -37,6 +38,7 @@ def test_figures_are_positive_and_describe_the_setup(figures):
     json.dumps(figures)
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not HAS_LITERT, reason="the export extra is not installed")
 def test_exported_artifact_is_timed_after_checking_its_logits(figures):
     from upanets_keras.runtime import available_cpus
@@ -49,6 +51,7 @@ def test_exported_artifact_is_timed_after_checking_its_logits(figures):
     assert f"inference, exported litert, {available_cpus()} threads" in format_report(figures)
 
 
+@pytest.mark.heavy
 def test_report_is_a_plain_table(figures):
     report = format_report(figures)
     for text in ("training step", "inference", "input pipeline", "images/s", "device:", "threads:", "TensorFlow",
@@ -67,6 +70,7 @@ def test_bad_arguments_are_value_errors():
         run_benchmark(filters=4, image_size=16, batch_size=8, steps=1, exported=("tflite",))
 
 
+@pytest.mark.heavy
 def test_cli_json():
     result = CliRunner().invoke(
         cli,

@@ -109,6 +109,7 @@ def test_a_damaged_cache_is_decoded_again_never_read(tmp_path, capsys, damage):
         np.testing.assert_array_equal(np.asarray(getattr(again, name)[0]), getattr(memory, name)[0])
 
 
+@pytest.mark.heavy
 def test_a_killed_build_never_looks_complete(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=40)
     cache = tmp_path / "cache"
@@ -142,6 +143,7 @@ def test_cache_dir_errors_are_one_line_and_leave_nothing_half_written(tmp_path, 
     assert not any(p.is_dir() for p in (tmp_path / "full").iterdir())
 
 
+@pytest.mark.heavy
 def test_a_cache_dir_that_fills_up_mid_write_is_a_clean_cli_error(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=40)
     cache, out = tmp_path / "cache", tmp_path / "run"
@@ -246,6 +248,7 @@ print(json.dumps({"same": bool(same)}))
 """
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_each_replica_reads_only_its_slice_and_together_they_make_the_global_batch(tmp_path, cache):
     proc = subprocess.run([sys.executable, "-c", SHARDS, cache, str(tmp_path)], capture_output=True, text=True,
@@ -269,6 +272,7 @@ def test_slices_of_a_batch_are_the_batch(tmp_path):
         make_train_dataset(*splits.train, splits.info, 64, shards=[0], num_shards=3)
 
 
+@pytest.mark.heavy
 def test_a_disk_cached_run_killed_mid_epoch_resumes_exactly(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=30)  # 65 training images: 4 steps of 16 per epoch
     common = ["train", "--dataset", "folder", "--data-dir", str(data), "--image-size", "16", "--filters", "4",
@@ -290,6 +294,7 @@ def test_a_disk_cached_run_killed_mid_epoch_resumes_exactly(tmp_path):
     assert b["best_val_accuracy"] == pytest.approx(a["best_val_accuracy"], abs=1e-9)
 
 
+@pytest.mark.heavy
 def test_benchmark_reads_its_input_pipeline_from_a_disk_cache(tmp_path):
     from upanets_keras.benchmark import format_report, run_benchmark
 

@@ -53,6 +53,7 @@ def test_convert_npz_and_reload(tmp_path, fixtures):
     assert np.linalg.norm(logits - data["logits_eval"]) / np.linalg.norm(data["logits_eval"]) < 1e-5
 
 
+@pytest.mark.heavy
 def test_convert_pth_with_normalisation(tmp_path, fixtures):
     pytest.importorskip("torch")
     out = tmp_path / "m.keras"

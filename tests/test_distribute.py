@@ -129,6 +129,7 @@ def assert_same_run(out, reference):
     return ours
 
 
+@pytest.mark.heavy
 def test_mirrored_on_two_logical_cpus_matches_one_device(single, tmp_path):
     out = tmp_path / "mirrored"
     proc = subprocess.run(cli_command("--epochs", 2, "--strategy", "mirrored", "-o", out),
@@ -139,6 +140,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(single, tmp_path):
     assert metrics["distribution"]["strategy"] == "mirrored" and metrics["distribution"]["replicas"] == 2
 
 
+@pytest.mark.heavy
 def test_multiworker_killed_worker_resumes_and_matches_one_device(single, tmp_path):
     """Two workers; worker 1 is killed after an epoch, both restart, and the run ends as on one device.
 
@@ -182,6 +184,7 @@ def test_multiworker_killed_worker_resumes_and_matches_one_device(single, tmp_pa
     ]
 
 
+@pytest.mark.heavy
 def test_unreachable_peer_is_a_clear_error_within_a_minute(tmp_path):
     ports = free_ports(2)
     start = time.time()
@@ -194,6 +197,7 @@ def test_unreachable_peer_is_a_clear_error_within_a_minute(tmp_path):
     assert f"cannot reach worker 1 at localhost:{ports[1]}" in error and "firewall" in error
 
 
+@pytest.mark.heavy
 def test_indivisible_global_batch_and_the_keras_nan_regression(tmp_path):
     proc = subprocess.run(cli_command("--epochs", 1, "--strategy", "mirrored", "--batch-size", 65, "-o", tmp_path / "r"),
                           capture_output=True, text=True, env=env(UPANETS_TEST_CPUS=2), timeout=TIMEOUT)

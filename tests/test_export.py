@@ -81,6 +81,7 @@ def evaluate_json(path):
     return json.loads(result.output.strip().splitlines()[-1])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fmt", list(ARTIFACTS))
 def test_float32_artifact_computes_the_models_function(workdir, exported, fmt):
     path, output = exported[fmt]
@@ -95,6 +96,7 @@ def test_float32_artifact_computes_the_models_function(workdir, exported, fmt):
     assert abs(artifact_score["loss"] - keras_score["loss"]) < 1e-3
 
 
+@pytest.mark.heavy
 def test_saved_model_serving_signature_takes_raw_pixels_with_any_batch(exported):
     import tensorflow as tf
 
@@ -104,6 +106,7 @@ def test_saved_model_serving_signature_takes_raw_pixels_with_any_batch(exported)
         assert out.shape == (batch, 10) and out.dtype == tf.float32
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("quantize", ["float16", "int8"])
 def test_quantized_litert(workdir, exported, quantize):
     out = workdir / f"m_{quantize}.tflite"
@@ -115,6 +118,7 @@ def test_quantized_litert(workdir, exported, quantize):
     assert score["format"] == "litert" and 0 <= score["accuracy"] <= 1
 
 
+@pytest.mark.heavy
 def test_mixed_precision_model_exports_in_float32(tmp_path):
     from upanets_keras.artifacts import load_artifact
 
@@ -125,6 +129,7 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
     assert logits.dtype == np.float32 and logits.shape == (2, 10)
 
 
+@pytest.mark.heavy
 def test_predict_on_a_folder_writes_every_result(tmp_path, exported):
     rng = np.random.default_rng(0)
     for name in ("a/1.png", "a/2.png", "b/c/3.jpg"):
@@ -147,6 +152,7 @@ def test_predict_on_a_folder_writes_every_result(tmp_path, exported):
     assert again.exit_code == 1 and "--overwrite" in again.output
 
 
+@pytest.mark.heavy
 def test_a_failed_verification_leaves_nothing_behind(tmp_path, workdir):
     import upanets_keras
     from upanets_keras.export import ExportError, export_model
@@ -193,6 +199,7 @@ def test_bad_export_and_artifact_input(tmp_path, workdir, case):
     assert not (tmp_path / "o.tflite").exists() and not (tmp_path / "o.bin").exists()
 
 
+@pytest.mark.heavy
 def test_litert_runs_on_every_cpu(exported, monkeypatch):
     # Left to itself the interpreter (and XNNPACK) uses one thread: half the speed on two cores.
     from ai_edge_litert import interpreter
@@ -212,6 +219,7 @@ def test_litert_runs_on_every_cpu(exported, monkeypatch):
     assert seen["num_threads"] == runner.num_threads == available_cpus()
 
 
+@pytest.mark.heavy
 def test_export_prints_no_tensorflow_deprecation_noise(exported):
     # tf2onnx and the graph freezing call TF1 functions that each log a multi-line deprecation warning.
     assert not [m for m in exported["log"] if "deprecated" in m], exported["log"]

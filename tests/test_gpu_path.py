@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from upanets_keras_cli.main import cli
 
+pytestmark = pytest.mark.heavy
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -244,6 +244,7 @@ def test_valid_but_odd_data_is_read(tmp_path, case, setup):
     assert splits.train[0].dtype == np.uint8 and splits.train[0].shape[1:] == (16, 16, 3)
 
 
+@pytest.mark.heavy
 def test_train_on_all_the_odd_data_at_once_into_a_missing_parent(tmp_path):
     """Every odd case of the table above in one folder, trained end to end."""
     for _, setup in TRAIN_SUCCESSES:
@@ -262,6 +263,7 @@ def _train_command(data, out, *extra):
                   "--batch-size", "2", "-o", str(out), *extra]
 
 
+@pytest.mark.heavy
 def test_second_run_into_the_same_output_dir_is_refused_while_the_first_holds_it(tmp_path):
     data = make_folder(tmp_path / "ds", per_class=30)
     out = tmp_path / "run"
@@ -286,6 +288,7 @@ def test_second_run_into_the_same_output_dir_is_refused_while_the_first_holds_it
         first.wait()
 
 
+@pytest.mark.heavy
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     data = make_folder(tmp_path / "ds")
     out = tmp_path / "run"
@@ -298,6 +301,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert (out / "metrics.json").is_file()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("stage", ["data", "mid_epoch", "save", "backup", "test_eval"])
 def test_killed_at_any_stage_then_the_same_command_finishes(tmp_path, stage):
     data = make_folder(tmp_path / "ds")
@@ -419,6 +423,7 @@ def _predictions(result):
     return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.heavy
 def test_predict_a_huge_image_is_resized(tmp_path, model_file):
     path = tmp_path / "huge.jpg"
     Image.new("RGB", (8000, 8000), (200, 30, 90)).save(path, quality=90)
@@ -556,6 +561,7 @@ def test_multiworker_bad_tf_config(tmp_path, case, tf_config, words):
 
 # ---------------------------------------------------------------------------------- start-up noise
 
+@pytest.mark.heavy
 def test_tensorflow_start_up_noise_is_hidden_unless_verbose(tmp_path, model_file):
     picture = image(tmp_path / "x.png")
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "UPANETS_VERBOSE")}

@@ -210,6 +210,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.heavy
 def test_synchronized_batchnorm_gradients_over_two_replicas_equal_one_device(on_two_cpus):
     """Two replicas of half a batch each, summed, give the gradients of the whole batch on one device."""
     result = on_two_cpus(SYNC_BN_GRADIENTS)

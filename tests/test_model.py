@@ -13,6 +13,7 @@ from upanets_keras.saving import ModelFileError, load_model
 from conftest import FIXTURES
 
 
+@pytest.mark.heavy
 def test_parameter_counts_equal_the_reference(fixtures):
     rows = json.loads((fixtures / "param_counts.json").read_text())
     assert len(rows) == 12
@@ -78,6 +79,7 @@ def test_builtin_normalisation_equals_normalising_outside(fixtures):
     np.testing.assert_allclose(normed(pixels).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.heavy
 def test_saved_model_reloads_in_a_fresh_process_with_safe_mode(tmp_path):
     model = build_upanets(filters=4, num_classes=5, input_shape=(16, 16, 3))
     x = np.random.default_rng(1).standard_normal((3, 16, 16, 3)).astype("float32")

@@ -111,6 +111,7 @@ print(json.dumps({"max_diff": diff, "keras_all_reduce_calls": len(calls)}))
 """
 
 
+@pytest.mark.heavy
 @ONLY_TENSORFLOW
 @pytest.mark.parametrize("gradients", ["dense", "sparse"])
 def test_gradients_summed_over_two_replicas_equal_one_device(on_two_cpus, gradients):

@@ -38,6 +38,7 @@ def test_logits_match_in_eval_and_train_mode(fixtures, name):
 STEP_TOLERANCE = {"upanets_f4_c10_b1_img32": 1e-4, "upanets_f8_c200_b1_img64": 5e-3}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", REFERENCE_FIXTURES)
 def test_sgd_step_reproduces_loss_weights_and_statistics(fixtures, name):
     data, model, x, steps = load_fixture(fixtures, name)

@@ -13,6 +13,9 @@ import pytest
 from upanets_keras.training import TrainConfig, build_model, compile_for_training
 from upanets_keras.training.backup import BackupStore, restore
 
+# Each test builds and compiles a model, and the states take 3 epochs to make: over the fast tier's limit.
+pytestmark = pytest.mark.heavy
+
 STEPS = 2
 TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "2"]
 

@@ -36,6 +36,7 @@ def test_configure_sets_defaults_but_respects_the_user(monkeypatch):
     assert set(runtime.configure(env).values()) == {"left unset (not x86-64)"} and env == {}
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not runtime.is_x86(), reason="oneDNN is turned on by upanets_keras on x86-64 only")
 def test_tensorflow_reports_onednn_on_by_default_and_off_when_the_user_says_so():
     on = probe({})
@@ -47,6 +48,7 @@ def test_tensorflow_reports_onednn_on_by_default_and_off_when_the_user_says_so()
     assert off["onednn"]["settings"]["TF_ENABLE_ONEDNN_OPTS"] == "set by the user"
 
 
+@pytest.mark.heavy
 def test_tensorflow_imported_first_is_reported():
     state = probe({}, first="import tensorflow; import upanets_keras")
     assert state["onednn"]["tensorflow_imported_before_upanets_keras"] is True

@@ -26,6 +26,7 @@ def test_ab_processes_reads_configurations_as_environment_variables():
         ab.main(["only-one=config"])
 
 
+@pytest.mark.heavy
 def test_gpu_run_driver_records_its_parts_and_the_ratios(tmp_path):
     """tools/gpu_run.py on the CPU: the environment part runs on JAX, a part past the budget is skipped and
     said so, and the side-by-side ratios come from the parts' figures."""

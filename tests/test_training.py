@@ -38,6 +38,7 @@ def trained(tmp_path_factory):
     return out, result.output
 
 
+@pytest.mark.heavy
 def test_train_writes_the_run_directory(trained):
     out, output = trained
     assert "epoch 1/2" in output and "epoch 2/2" in output and "test accuracy" in output
@@ -57,6 +58,7 @@ def test_train_writes_the_run_directory(trained):
     assert not (out / "backup").exists()
 
 
+@pytest.mark.heavy
 def test_evaluate_in_a_fresh_process_matches_training_metrics(trained, tmp_path):
     out, _ = trained
     plot = tmp_path / "cm.png"
@@ -74,6 +76,7 @@ def test_evaluate_in_a_fresh_process_matches_training_metrics(trained, tmp_path)
     assert Image.open(plot).size[0] > 100
 
 
+@pytest.mark.heavy
 def test_predict_names_classes(trained, tmp_path):
     from sklearn.datasets import load_digits
 
@@ -100,6 +103,7 @@ def snapshot(root):
     return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.heavy
 def test_the_same_command_on_a_finished_run_prints_it_and_another_is_refused(trained):
     """A scheduler retrying a job that finished: exit 0 and the results; other settings still refused."""
     out, _ = trained
@@ -117,6 +121,7 @@ def test_the_same_command_on_a_finished_run_prints_it_and_another_is_refused(tra
     assert result.exit_code == 0, result.output  # another run directory is fine
 
 
+@pytest.mark.heavy
 def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     out = tmp_path / "run"
     args = CLI + ["train", *TINY, "--epochs", "3", "-o", str(out)]
@@ -147,6 +152,7 @@ def test_unfinished_run_with_other_settings_is_refused(tmp_path):
     assert result.exit_code == 1 and "other settings" in result.output and "filters" in result.output
 
 
+@pytest.mark.heavy
 def test_nan_loss_stops_with_a_message(tmp_path):
     out = tmp_path / "nan"
     result = run("train", *TINY, "--epochs", 2, "--lr", 1e30, "-o", out)
@@ -180,6 +186,7 @@ def test_unknown_dataset_and_unwritable_output(tmp_path):
     assert result.exit_code == 1 and "cannot write" in result.output
 
 
+@pytest.mark.heavy
 def test_evaluate_refuses_a_dataset_with_other_classes(trained, tmp_path):
     out, _ = trained
     for cls in ("a", "b", "c"):

@@ -57,6 +57,7 @@ def test_default_search_space_is_the_papers_configuration():
     assert optimizer.coupled_weight_decay == pytest.approx(5e-4) and optimizer.momentum == pytest.approx(0.9)
 
 
+@pytest.mark.heavy
 def test_optional_hyperparameters_reach_the_recipe():
     space = SearchSpace({"filters": [4, 8], "blocks": [1], "learning_rate": {"min": 0.01, "max": 0.2},
                          "weight_decay": [1e-4, 5e-4], "label_smoothing": 0.1})
@@ -142,6 +143,7 @@ def test_oracle_draws_only_allowed_configurations(name, tmp_path):
         assert oracle.create_trial("last").status == "STOPPED"
 
 
+@pytest.mark.heavy
 def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path):
     budget = parameter_count(8, 1, 10, 16)  # allows filters 4 and 8, not 12
     args = ["tune", *TINY, "--filters", "4,8,12", "--max-params", budget, "--max-trials", 3,
@@ -223,6 +225,7 @@ def ended_trials(project):
         return []
 
 
+@pytest.mark.heavy
 def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     args = CLI + ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--final-epochs", "0",
                   "--directory", str(tmp_path), "--project-name", "p"]
@@ -257,6 +260,7 @@ def snapshot(root):
     return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.heavy
 def test_one_search_per_project_a_dead_holder_is_taken_over_and_a_finished_one_is_left_as_is(tmp_path):
     args = ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--directory", str(tmp_path),
             "--project-name", "p"]
@@ -282,6 +286,7 @@ def test_one_search_per_project_a_dead_holder_is_taken_over_and_a_finished_one_i
     assert snapshot(tmp_path / "p") == before
 
 
+@pytest.mark.heavy
 def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
     env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(free_port()))
     args = CLI + ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--directory", str(tmp_path),
@@ -310,6 +315,7 @@ def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
     assert json.loads((tmp_path / "digits" / "search.json").read_text())["run"]["strategy"] == "mirrored"
 
 
+@pytest.mark.heavy
 def test_worker_that_cannot_reach_the_chief_fails_fast(tmp_path):
     env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(free_port()),
                KERASTUNER_TUNER_ID="tuner0")

@@ -7,7 +7,7 @@ replicas, `initializers` PyTorch's initialisation, `labels` the stored class nam
 
 Example:
 >>> from upanets_keras.layers import SpatialPixelAttention
->>> SpatialPixelAttention()(keras.ops.ones((2, 8, 8, 5))).shape  # doctest: +SKIP
+>>> tuple(SpatialPixelAttention()(keras.ops.ones((2, 8, 8, 5))).shape)
 (2, 5)
 """
 

@@ -181,7 +181,7 @@ class SpatialPixelAttention(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
-    >>> SpatialPixelAttention()(keras.ops.ones((2, 8, 8, 5))).shape
+    >>> tuple(SpatialPixelAttention()(keras.ops.ones((2, 8, 8, 5))).shape)
     (2, 5)
     """
 

@@ -14,7 +14,7 @@ class ClassLabels(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
-    >>> ClassLabels(["cat", "dog"])(keras.ops.zeros((1, 2))).shape
+    >>> tuple(ClassLabels(["cat", "dog"])(keras.ops.zeros((1, 2))).shape)
     (1, 2)
     """
 

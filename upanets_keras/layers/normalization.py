@@ -29,7 +29,7 @@ class ReferenceBatchNormalization(keras.layers.BatchNormalization):
 
     Example:
     >>> bn = ReferenceBatchNormalization()
-    >>> bn(keras.ops.ones((2, 4, 4, 3)), training=True).shape
+    >>> tuple(bn(keras.ops.ones((2, 4, 4, 3)), training=True).shape)
     (2, 4, 4, 3)
     """
 
@@ -125,7 +125,7 @@ class ParameterFreeLayerNorm(keras.layers.Layer):
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
-    >>> ParameterFreeLayerNorm()(keras.ops.ones((2, 8))).shape
+    >>> tuple(ParameterFreeLayerNorm()(keras.ops.ones((2, 8))).shape)
     (2, 8)
     """
 
