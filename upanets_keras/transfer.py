@@ -62,7 +62,8 @@ class TransferReport:
         """One line for the training log."""
         text = f"initialised from {self.source}: {self.weights_loaded} weights of {len(self.loaded) + len(self.resized)} layers loaded"
         if self.resized:
-            sizes = sorted({f"{'x'.join(map(str, r['from']))} -> {'x'.join(map(str, r['to']))}" for r in self.resized})
+            pairs = sorted({(tuple(r["from"]), tuple(r["to"])) for r in self.resized}, reverse=True)
+            sizes = [f"{'x'.join(map(str, a))} -> {'x'.join(map(str, b))}" for a, b in pairs]
             text += f"; {len(self.resized)} SPA kernels resized ({', '.join(sizes)}), rescaled by the pixel ratio"
         if self.initialised:
             text += f"; {', '.join(self.initialised)} freshly initialised ({self.why})"
