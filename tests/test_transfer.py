@@ -113,8 +113,12 @@ def test_another_width_is_one_line_naming_filters_and_writes_nothing(source, tmp
     assert result.exit_code == 1 and "filters=4" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (out / "config.json").exists() and not list(out.glob("*.keras"))
-    result = run("train", *TINY, "--init-from", tmp_path / "a.h5", "-o", out)
-    assert result.exit_code == 1 and "Received: init_from=" in result.output
+    for args, words in [(["--init-from", tmp_path / "a.h5"], ".keras UPANets or a reference .pth/.npz"),
+                        (["--init-from", tmp_path / "missing.npz"], "file not found"),
+                        (["--freeze-epochs", 1], "needs `init_from`")]:
+        result = run("train", *TINY, "--epochs", 2, *args, "-o", out)
+        assert result.exit_code == 1 and words in result.output and "Received: " in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not (out / "config.json").exists()
 
 
 def test_phases_of_a_fresh_and_a_resumed_run():
