@@ -23,7 +23,7 @@ Example:
 >>> model = build_upanets(filters=4, num_classes=3, input_shape=(24, 24, 3))  # doctest: +SKIP
 >>> report = initialize_from(model, "runs/digits/best.keras")  # doctest: +SKIP
 >>> report.summary()  # doctest: +SKIP
-'from runs/digits/best.keras: ... 5 SPA kernels resized ...; logits freshly initialised (10 classes ...)'
+'Initialised from runs/digits/best.keras: ... 5 SPA kernels resized ...; logits freshly initialised (10 classes ...)'
 """
 
 import dataclasses
@@ -60,7 +60,7 @@ class TransferReport:
 
     def summary(self):
         """One line for the training log."""
-        text = f"initialised from {self.source}: {self.weights_loaded} weights of {len(self.loaded) + len(self.resized)} layers loaded"
+        text = f"Initialised from {self.source}: {self.weights_loaded} weights of {len(self.loaded) + len(self.resized)} layers loaded"
         if self.resized:
             pairs = sorted({(tuple(r["from"]), tuple(r["to"])) for r in self.resized}, reverse=True)
             sizes = [f"{'x'.join(map(str, a))} -> {'x'.join(map(str, b))}" for a, b in pairs]

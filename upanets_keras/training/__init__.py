@@ -138,7 +138,7 @@ def initialise(config, model, source, echo):
     from upanets_keras.transfer import initialize_from
 
     report = initialize_from(model, source, name=config.init_from)
-    echo(report.summary()[0].upper() + report.summary()[1:])
+    echo(report.summary())
     return report.to_dict()
 
 
