@@ -40,6 +40,12 @@ from upanets_keras_cli.common import (
               "none: --lr as given.")
 @click.option("--sync-batchnorm/--no-sync-batchnorm", default=True, show_default=True,
               help="With several replicas, BatchNorm statistics over the global batch (as on one device).")
+@click.option("--init-from", type=click.Path(dir_okay=False),
+              help="Start from the weights of a .keras UPANets or a reference .pth/.npz of the same --filters and "
+              "--blocks: other classes get a fresh head, another image size resized SPA kernels (docs/training.md).")
+@click.option("--freeze-backbone", is_flag=True, help="Train only the head (logits); BatchNorm statistics stay as loaded.")
+@click.option("--freeze-epochs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Train only the head for this many epochs, then every layer (with --init-from).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
 @cache_options
 @user_errors
@@ -55,6 +61,10 @@ def train(overwrite, **options):
     Several GPUs or machines: --strategy mirrored (or auto) on one machine;
     --strategy multiworker with TF_CONFIG set, the same command on every
     machine (only the chief writes the run directory). See docs/distributed.md.
+
+    Fine-tuning: --init-from a .keras UPANets or a reference checkpoint,
+    optionally with --freeze-epochs N (the head alone first) or
+    --freeze-backbone (the head alone throughout).
 
     Example: upanets-keras train --dataset digits --filters 8 --epochs 8
     """

@@ -28,7 +28,7 @@ from upanets_keras.training.callbacks import (
     tensorboard_callback,
 )
 from upanets_keras.training.config import TrainConfig, TrainingError, resolve_jit, resolve_precision, versions
-from upanets_keras.training.recipe import build_model, compile_for_training, fit
+from upanets_keras.training.recipe import build_model, check_freezable, compile_for_training, fit, freeze_backbone
 from upanets_keras.training.run_dir import RunDirectory
 from upanets_keras.variants import count_parameters
 
@@ -60,6 +60,8 @@ def train(config, overwrite=False, echo=print, verbose=None):
     >>> train(TrainConfig(dataset="digits", filters=8, epochs=8, output_dir="runs/d"))  # doctest: +SKIP
     """
     config = config.resolved()
+    if config.freeze_backbone or config.freeze_epochs:
+        check_freezable()
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
     echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)
@@ -67,10 +69,12 @@ def train(config, overwrite=False, echo=print, verbose=None):
         first_epoch = open_run(config, distribution, run, overwrite, echo)
         if first_epoch is None:  # this same run, already finished: nothing to do
             return run.read_json("metrics.json") if distribution.is_chief else distribution.summary()
+        source = open_source(config, first_epoch)  # before the data: a source of another width fails at once
         splits = load_data(config, distribution)
-        if distribution.is_chief:
-            record_config(config, distribution, run, splits)
         model = build_and_compile(config, distribution, splits, echo)
+        init = initialise(config, model, source, echo)
+        if distribution.is_chief:
+            record_config(config, distribution, run, splits, init)
         throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose)
         checks = distribution.finish(model, echo)
         if not distribution.is_chief:
@@ -116,14 +120,44 @@ def load_data(config, distribution):
     return splits
 
 
-def record_config(config, distribution, run, splits):
-    """`config.json`: the resolved run, precision, batch, dataset, versions, runtime and devices."""
+def open_source(config, first_epoch):
+    """`--init-from`'s model, checked against the run's width and depth; None on a resumed run (it loads its backup)."""
+    if not config.init_from or first_epoch:
+        return None
+    from upanets_keras.transfer import check_source, load_source
+
+    source = load_source(config.init_from)
+    check_source(source, config.filters, config.blocks, name=config.init_from)
+    return source
+
+
+def initialise(config, model, source, echo):
+    """A fresh run with `--init-from` starts from `source`'s weights; returns the report's dict, or None."""
+    if source is None:
+        return None
+    from upanets_keras.transfer import initialize_from
+
+    report = initialize_from(model, source, name=config.init_from)
+    echo(report.summary())
+    return report.to_dict()
+
+
+def record_config(config, distribution, run, splits, init=None):
+    """`config.json`: the resolved run, precision, batch, dataset, versions, runtime and devices.
+
+    With `--init-from`, `init_from` is what was loaded, resized and initialised (a resumed
+    run keeps the first start's record).
+    """
+    if init is None and config.init_from and os.path.exists(run.file("config.json")):
+        init = run.read_json("config.json").get("init_from")
     payload = {"run": dataclasses.asdict(config), "precision": resolve_precision(config.precision),
                "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
                "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
                "devices": backend.devices()}
     if distribution.replicated:
         payload["distribution"] = distribution.summary()
+    if init is not None:
+        payload["init_from"] = init
     run.write_json("config.json", payload)
 
 
@@ -180,13 +214,22 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
         *faults.callbacks(),
         EpochBackup(run.backups),  # last: an epoch counts as done once its backup is written
     ]
-    train_ds = distribution.train_dataset(*splits.train, info, config.seed, first_epoch)
     val_ds = distribution.eval_dataset(*splits.val, info.num_classes)
     distribution.before_fit(model, info)
+    frozen = False
     try:
-        with distribution.fit_scope():
-            fit(model, train_ds, config.epochs, steps, validation_data=val_ds, callbacks=callbacks,
-                initial_epoch=first_epoch, verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
+        for start, end, freeze in config.phases(first_epoch):
+            if freeze != frozen:
+                with distribution.scope():
+                    freeze_backbone(model, freeze, config, resolve_jit(config.jit_compile))
+                frozen = freeze
+            if config.freeze_backbone or config.freeze_epochs:
+                span = f"epoch {end}" if end == start + 1 else f"epochs {start + 1}-{end}"
+                echo(f"{span}: {'only the head (logits) trains' if freeze else 'every layer trains'}")
+            train_ds = distribution.train_dataset(*splits.train, info, config.seed, start)
+            with distribution.fit_scope():
+                fit(model, train_ds, end, steps, validation_data=val_ds, callbacks=callbacks,
+                    initial_epoch=start, verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
     except KeyboardInterrupt:
         raise TrainingError(
             f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"

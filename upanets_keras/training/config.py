@@ -29,6 +29,10 @@ class TrainConfig:
     `sync_batchnorm` computes BatchNorm statistics over the global batch.
     Data: `cache` is memory, disk or auto (see `upanets_keras.data.cache`).
     `output_dir` defaults to `runs/DATASET-upanetsF` (or the variant's name).
+    Fine-tuning (see `upanets_keras.transfer`): `init_from` is a `.keras` UPANets
+    or a reference `.pth`/`.npz` whose matching weights start a fresh run;
+    `freeze_backbone` trains only the `logits` layer, `freeze_epochs` only it for
+    the first epochs, then everything.
 
     Example:
     >>> config = TrainConfig(dataset="digits", filters=8, epochs=8).resolved()
@@ -64,6 +68,9 @@ class TrainConfig:
     sync_batchnorm: bool = True
     cache: str = "auto"
     cache_dir: str = None
+    init_from: str = None
+    freeze_backbone: bool = False
+    freeze_epochs: int = 0
 
     def resolved(self):
         """A copy with the variant expanded and the arguments checked (`ConfigError` names the first bad one)."""
@@ -80,6 +87,8 @@ class TrainConfig:
             ("weight_decay", config.weight_decay >= 0, ">= 0"),
             ("warmup_epochs", 0 <= config.warmup_epochs < config.epochs, "in [0, epochs)"),
             ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
+            ("freeze_epochs", 0 <= config.freeze_epochs < config.epochs, "in [0, epochs) (--freeze-backbone freezes "
+             "every epoch)"),
         ]
         choices = {"dataset": defaults.DATASETS, "precision": defaults.PRECISIONS,
                    "jit_compile": defaults.JIT_CHOICES, "strategy": defaults.STRATEGIES,
@@ -89,7 +98,32 @@ class TrainConfig:
         for field, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"`{field}` must be {rule}. Received: {field}={getattr(config, field)!r}")
+        config._check_fine_tuning()
         return config
+
+    def _check_fine_tuning(self):
+        from upanets_keras.transfer import SUFFIXES
+
+        if self.init_from is not None and not str(self.init_from).endswith(SUFFIXES):
+            raise ConfigError("`init_from` must be a .keras UPANets or a reference .pth/.npz checkpoint. "
+                              f"Received: init_from={self.init_from!r}")
+        if self.freeze_backbone and self.freeze_epochs:
+            raise ConfigError("`freeze_epochs` goes without `freeze_backbone` (which freezes every epoch). "
+                              f"Received: freeze_epochs={self.freeze_epochs!r}")
+        if (self.freeze_backbone or self.freeze_epochs) and self.init_from is None:
+            raise ConfigError("freezing the backbone needs `init_from` (a frozen random backbone learns nothing). "
+                              "Received: init_from=None")
+
+    def phases(self, first_epoch=0):
+        """`(start, end, frozen)` of the fits left after `first_epoch` epochs: the head alone, then everything.
+
+        Example:
+        >>> TrainConfig(epochs=5, freeze_epochs=2, init_from="a.keras").phases(1)
+        [(1, 2, True), (2, 5, False)]
+        """
+        frozen_until = self.epochs if self.freeze_backbone else self.freeze_epochs
+        spans = [(0, frozen_until, True), (frozen_until, self.epochs, False)]
+        return [(max(start, first_epoch), end, frozen) for start, end, frozen in spans if end > max(start, first_epoch)]
 
     def changed_fields(self, saved):
         """The fields that differ from a saved run's `dataclasses.asdict` (keys it lacks take today's defaults)."""

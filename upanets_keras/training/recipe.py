@@ -46,16 +46,53 @@ def compile_for_training(model, config, steps_per_epoch, jit_compile, precision=
     optimizer = ReferenceSGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    _compile(model, optimizer, config.label_smoothing, jit_compile)
+    model.optimizer.build(model.trainable_variables)
+
+
+def _compile(model, optimizer, label_smoothing, jit_compile):
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"),
         ],
         jit_compile=jit_compile,
     )
-    model.optimizer.build(model.trainable_variables)
+
+
+HEAD = "logits"
+
+
+def check_freezable():
+    """`ConfigError` on JAX, whose trainer hands the optimizer every weight it was built with or none."""
+    if keras.backend.backend() == "jax":
+        from upanets_keras.errors import ConfigError
+
+        raise ConfigError("--freeze-backbone and --freeze-epochs need the TensorFlow or PyTorch backend (on JAX an "
+                          "optimizer updates every weight it was built with). Received: backend='jax'")
+
+
+def freeze_backbone(model, frozen, config, jit_compile):
+    """Train only the `logits` layer (`frozen`), or every layer again; recompiles with the same optimizer.
+
+    Frozen layers are `trainable = False`, so their BatchNorms run in inference
+    mode (moving statistics used, not updated). The optimizer, built by
+    `compile_for_training` over every weight, is kept: its step count (the cosine
+    schedule's clock) and momenta go on, and backups hold the same variables in
+    either phase, so a run resumes in whichever phase it was killed.
+    The Keras backends TensorFlow and PyTorch update a subset of the weights an
+    optimizer was built with; JAX cannot (`ConfigError`).
+
+    Example:
+    >>> freeze_backbone(model, True, config, jit_compile=False)  # doctest: +SKIP
+    """
+    check_freezable()
+    for layer in model.layers:
+        if layer.name != HEAD:
+            layer.trainable = not frozen
+    _compile(model, model.optimizer, config.label_smoothing, jit_compile)
 
 
 def fit(model, train_ds, epochs=1, steps_per_epoch=None, **kwargs):
