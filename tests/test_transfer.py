@@ -170,3 +170,17 @@ def test_train_init_from_trains_the_head_alone_first_then_everything(source, tmp
     assert record["run"]["init_from"] == str(source) and record["run"]["freeze_epochs"] == 1
     assert record["init_from"]["source"] == str(source) and len(record["init_from"]["loaded"]) == 112
     assert record["init_from"]["initialised"] == [] and record["init_from"]["resized"] == []
+
+
+def test_freezing_on_jax_is_refused_in_one_line_before_anything_runs():
+    """Keras' JAX trainer hands the optimizer all the weights it was built with or none: freezing is refused there."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from upanets_keras.training.config import TrainConfig\n"
+            "TrainConfig(dataset='digits', epochs=2, freeze_epochs=1, init_from='a.keras').resolved()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert proc.returncode == 1
+    assert "ConfigError: --freeze-backbone and --freeze-epochs need the TensorFlow or PyTorch backend" in proc.stderr

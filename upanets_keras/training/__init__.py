@@ -28,7 +28,7 @@ from upanets_keras.training.callbacks import (
     tensorboard_callback,
 )
 from upanets_keras.training.config import TrainConfig, TrainingError, resolve_jit, resolve_precision, versions
-from upanets_keras.training.recipe import build_model, check_freezable, compile_for_training, fit, freeze_backbone
+from upanets_keras.training.recipe import build_model, compile_for_training, fit, freeze_backbone
 from upanets_keras.training.run_dir import RunDirectory
 from upanets_keras.variants import count_parameters
 
@@ -60,8 +60,6 @@ def train(config, overwrite=False, echo=print, verbose=None):
     >>> train(TrainConfig(dataset="digits", filters=8, epochs=8, output_dir="runs/d"))  # doctest: +SKIP
     """
     config = config.resolved()
-    if config.freeze_backbone or config.freeze_epochs:
-        check_freezable()
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
     echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)

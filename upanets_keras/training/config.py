@@ -113,6 +113,10 @@ class TrainConfig:
         if (self.freeze_backbone or self.freeze_epochs) and self.init_from is None:
             raise ConfigError("freezing the backbone needs `init_from` (a frozen random backbone learns nothing). "
                               "Received: init_from=None")
+        if self.freeze_backbone or self.freeze_epochs:
+            from upanets_keras.training.recipe import check_freezable
+
+            check_freezable()
 
     def phases(self, first_epoch=0):
         """`(start, end, frozen)` of the fits left after `first_epoch` epochs: the head alone, then everything.
