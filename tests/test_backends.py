@@ -153,7 +153,7 @@ print(json.dumps({"devices": len(jax.devices()), "step_loss": [step["one"][0], s
 """
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes of XLA compiling: `make soak`
 def test_jax_mirrored_is_data_parallel_over_two_devices_with_the_loss_of_one(tmp_path):
     env = without_tensorflow("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = run_python("jax", TWO_DEVICES, str(tmp_path), env=env)
@@ -170,7 +170,7 @@ def test_jax_mirrored_is_data_parallel_over_two_devices_with_the_loss_of_one(tmp
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=pytest.mark.slow), "torch"])  # JAX: minutes, `make soak`
 def test_the_parity_and_optimizer_tests_pass_without_tensorflow(backend):
     """tests/test_parity.py (logits, an SGD step, BatchNorm statistics) and the torch.optim.SGD trajectory."""
     files = [str(TESTS / "test_parity.py"), str(TESTS / "test_optimizer.py")]
@@ -291,7 +291,7 @@ print(json.dumps([keras.ops.convert_to_numpy(w).ravel()[:50].tolist() for w in m
 """
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes: `make soak`
 def test_a_jax_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_one(trained_on, tmp_path):
     whole = trained_on("jax")
     out = tmp_path / "killed"

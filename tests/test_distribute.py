@@ -140,7 +140,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(single, tmp_path):
     assert metrics["distribution"]["strategy"] == "mirrored" and metrics["distribution"]["replicas"] == 2
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes: `make soak` (CI's `make test` stays under 15 minutes)
 def test_multiworker_killed_worker_resumes_and_matches_one_device(single, tmp_path):
     """Two workers; worker 1 is killed after an epoch, both restart, and the run ends as on one device.
 

@@ -314,6 +314,7 @@ def readme_python():
     return blocks[0]
 
 
+@pytest.mark.slow  # minutes: `make soak`; every documented command is parsed by `make test`
 def test_doc_commands_run(tmp_path):
     _write_doc_files(tmp_path)
     _images(tmp_path)

@@ -42,6 +42,7 @@ def values(layer):
     return [keras.ops.convert_to_numpy(w) for w in layer.weights]
 
 
+@pytest.mark.heavy
 def test_a_keras_model_starts_a_model_of_other_classes_and_size(source):
     src = upanets_keras.load_model(source)
     model = upanets_keras.build_upanets(filters=4, num_classes=3, input_shape=(24, 24, 3))
@@ -76,6 +77,7 @@ def test_a_keras_model_starts_a_model_of_other_classes_and_size(source):
     assert report.source_config["num_classes"] == 10 and report.source_config["input_shape"] == [16, 16, 3]
 
 
+@pytest.mark.heavy
 def test_a_reference_checkpoint_starts_a_model_of_other_classes_and_size(fixtures):
     path = fixtures / f"{REFERENCE_FIXTURES[0]}.npz"  # 4 filters, 10 classes, 32 px
     model = upanets_keras.build_upanets(filters=4, num_classes=7, input_shape=(48, 48, 3))
@@ -99,6 +101,7 @@ def test_a_shrunk_kernel_keeps_its_sum_and_counts_every_pixel():
     np.testing.assert_allclose(small, expected * 4, rtol=1e-5)
 
 
+@pytest.mark.heavy
 def test_another_width_is_one_line_naming_filters_and_writes_nothing(source, tmp_path):
     with pytest.raises(ConfigError, match=r"filters=4, the model filters=8 .*Received: init_from="):
         check_source(load_source(source), filters=8, blocks=1)  # what initialize_from checks before assigning
@@ -147,6 +150,7 @@ class Recorder(keras.callbacks.Callback):
         self.epochs[epoch + 1] = {name: values(self.model.get_layer(name)) for name in ("root_conv1", "root_bn1", "logits")}
 
 
+@pytest.mark.heavy
 def test_train_init_from_trains_the_head_alone_first_then_everything(source, tmp_path, monkeypatch):
     """One run; a resumed run's phases are `TrainConfig.phases` (above)."""
     from upanets_keras import faults
@@ -172,6 +176,7 @@ def test_train_init_from_trains_the_head_alone_first_then_everything(source, tmp
     assert record["init_from"]["initialised"] == [] and record["init_from"]["resized"] == []
 
 
+@pytest.mark.heavy
 def test_freezing_on_jax_is_refused_in_one_line_before_anything_runs():
     """Keras' JAX trainer hands the optimizer all the weights it was built with or none: freezing is refused there."""
     import os
