@@ -11,7 +11,7 @@ import tempfile
 import click
 
 
-def _load_light(module):
+def load_light(module):
     """`upanets_keras.<module>` (plain Python: oneDNN settings, defaults), without importing the package.
 
     Importing the package would import Keras and TensorFlow, and `--help` must
@@ -30,8 +30,8 @@ def _load_light(module):
     return loaded
 
 
-runtime = _load_light("runtime")  # first: oneDNN settings precede TensorFlow
-defaults = _load_light("defaults")
+runtime = load_light("runtime")  # first: oneDNN settings precede TensorFlow
+defaults = load_light("defaults")
 RECIPE = defaults.RECIPE
 
 

@@ -5,12 +5,12 @@ import os
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, user_errors,
+    DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, load_light,
+    user_errors,
 )
 
 NORMALIZATIONS = defaults.NORMALIZATIONS
-
-EXPORT_FORMATS = ["saved_model", "litert", "onnx"]  # upanets_keras.export.FORMATS, without importing TensorFlow
+EXPORT_FORMATS = list(load_light("formats").FORMATS)  # upanets_keras.formats, read without importing TensorFlow
 
 
 @click.command()

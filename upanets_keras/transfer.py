@@ -107,7 +107,7 @@ def describe(model):
 
 def load_source(source):
     """A float32 UPANets holding `source`'s weights: a `.keras` UPANets, a reference `.pth`/`.npz`, or a model."""
-    from upanets_keras.model import UPANets, build_upanets
+    from upanets_keras.model import UPANets
 
     if isinstance(source, UPANets):
         return source
@@ -121,16 +121,12 @@ def load_source(source):
         from upanets_keras.saving import load_model
 
         return load_model(path)
-    from upanets_keras.weights import infer_config, load_reference_weights, read_state_dict
+    from upanets_keras.weights import model_from_checkpoint
 
-    state = read_state_dict(path)
-    filters, blocks, num_classes, size = infer_config(state)
     try:
-        model = build_upanets(filters=filters, blocks=blocks, num_classes=num_classes, input_shape=(size, size, 3),
-                              dtype="float32")
+        return model_from_checkpoint(path, dtype="float32")
     except ConfigError as e:
         raise ConfigError(f"{path} is not a UPANets checkpoint this package can build ({e})") from None
-    return load_reference_weights(model, state)
 
 
 def initialize_from(model, source, name=None):
