@@ -8,6 +8,11 @@ from upanets_keras_cli.common import (
 )
 
 
+def recipe_defaults(field):
+    """`paper: X, modern: Y` for an option's help."""
+    return ", ".join(f"{name}: {values[field]}" for name, values in defaults.RECIPES.items())
+
+
 @click.command()
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=load_config_file,
               is_eager=True, expose_value=False, help="YAML/JSON file of defaults for any option below.")
@@ -23,7 +28,7 @@ from upanets_keras_cli.common import (
 @click.option("--momentum", default=RECIPE["momentum"], show_default=True, type=FiniteFloatRange(0, 1))
 @click.option("--weight-decay", default=RECIPE["weight_decay"], show_default=True, type=FiniteFloatRange(min=0), help="Added to the gradient (PyTorch SGD's form).")
 @click.option("--warmup-epochs", default=RECIPE["warmup_epochs"], show_default=True, type=click.IntRange(min=0))
-@click.option("--label-smoothing", default=RECIPE["label_smoothing"], show_default=True, type=FiniteFloatRange(0, 1, max_open=True))
+@click.option("--label-smoothing", type=FiniteFloatRange(0, 1, max_open=True), help=f"[default: {recipe_defaults('label_smoothing')}]")
 @click.option("--val-split", default=RECIPE["val_split"], show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="Fraction of the training data held out for validation.")
 @click.option("--seed", default=RECIPE["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
@@ -46,10 +51,21 @@ from upanets_keras_cli.common import (
 @click.option("--freeze-backbone", is_flag=True, help="Train only the head (logits); BatchNorm statistics stay as loaded.")
 @click.option("--freeze-epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="Train only the head for this many epochs, then every layer (with --init-from).")
+@click.option("--recipe", type=click.Choice(list(defaults.RECIPES)), default="paper", show_default=True,
+              help="paper: the paper's recipe; modern: the switches below on, at the defaults they list "
+              "(docs/training.md). Each option given overrides its recipe's value.")
+@click.option("--ema", type=FiniteFloatRange(0, 1, max_open=True), metavar="DECAY",
+              help=f"Average the weights with this decay (warmed up); validation, best.keras and the test scores use the average; 0: off [default: {recipe_defaults('ema')}].")
+@click.option("--mixup", type=FiniteFloatRange(min=0), metavar="ALPHA", help=f"MixUp with Beta(ALPHA, ALPHA) weights and soft labels; 0: off [default: {recipe_defaults('mixup')}].")
+@click.option("--cutmix", type=FiniteFloatRange(min=0), metavar="ALPHA", help=f"CutMix with Beta(ALPHA, ALPHA) areas; with --mixup, half the batches each; 0: off [default: {recipe_defaults('cutmix')}].")
+@click.option("--randaugment/--no-randaugment", default=None, help=f"timm's rand-m9-n2 after crop and flip [default: {recipe_defaults('randaugment')}].")
+@click.option("--clip-grad-norm", type=FiniteFloatRange(min=0), metavar="NORM", help=f"Clip the gradients' global norm; 0: off [default: {recipe_defaults('clip_grad_norm')}].")
+@click.option("--grad-accum-steps", type=click.IntRange(min=1), help="Average the gradients of this many batches into one update [default: 1].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
+@click.option("--extend", is_flag=True, help="Continue the run in --output-dir (finished or not) to a larger --epochs; the cosine schedule becomes the longer run's.")
 @cache_options
 @user_errors
-def train(overwrite, **options):
+def train(overwrite, extend, **options):
     """Train UPANets with the paper's recipe; resumable.
 
     Defaults are the paper's: batch 100, SGD lr 0.1, momentum 0.9, weight
@@ -66,12 +82,16 @@ def train(overwrite, **options):
     optionally with --freeze-epochs N (the head alone first) or
     --freeze-backbone (the head alone throughout).
 
+    The modern recipe: --recipe modern, or any of --ema, --mixup, --cutmix,
+    --randaugment, --clip-grad-norm, --grad-accum-steps. A finished run goes
+    on to more epochs with --epochs N --extend.
+
     Example: upanets-keras train --dataset digits --filters 8 --epochs 8
     """
     from upanets_keras.training import TrainConfig, train as run_training
 
     config = TrainConfig(**options).resolved()
-    metrics = run_training(config, overwrite=overwrite, echo=click.echo)
+    metrics = run_training(config, overwrite=overwrite, echo=click.echo, extend=extend)
     if not metrics.get("chief", True):
         click.echo(f"worker {metrics['rank']} done; the chief writes the results in {config.output_dir}")
         return

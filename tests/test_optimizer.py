@@ -124,3 +124,60 @@ def test_gradients_summed_over_two_replicas_equal_one_device(on_two_cpus, gradie
     result = on_two_cpus(REPLICATED_STEP, gradients)
     assert result["max_diff"] < 1e-6, result
     assert (result["keras_all_reduce_calls"] > 0) == (gradients == "sparse"), result
+
+
+def _grads(data, step):
+    return [keras.ops.convert_to_tensor(data[f"grads_{i}"][step]) for i in range(3)]
+
+
+def _numpy(variables):
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+def test_accumulated_gradients_make_one_update_of_their_mean(fixtures):
+    data = np.load(fixtures / "torch_sgd_trajectory.npz")
+    accumulated = [keras.Variable(data[f"init_{i}"]) for i in range(3)]
+    single = [keras.Variable(data[f"init_{i}"]) for i in range(3)]
+    opt = ReferenceSGD(0.05, momentum=0.9, weight_decay=5e-4, gradient_accumulation_steps=2)
+    plain = ReferenceSGD(0.05, momentum=0.9, weight_decay=5e-4)
+    for update in range(3):
+        a, b = _grads(data, 2 * update), _grads(data, 2 * update + 1)
+        opt.apply(a, accumulated)
+        if update == 0:  # half-way through the first accumulation nothing has moved
+            np.testing.assert_array_equal(_numpy(accumulated)[0], data["init_0"])
+        opt.apply(b, accumulated)
+        plain.apply([(x + y) / 2 for x, y in zip(a, b)], single)
+        for x, y in zip(_numpy(accumulated), _numpy(single)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    assert int(keras.ops.convert_to_numpy(opt.iterations)) == 3
+
+
+def test_global_norm_clipping_scales_the_gradient_before_the_decay(fixtures):
+    data = np.load(fixtures / "torch_sgd_trajectory.npz")
+    grads = [g * 1000.0 for g in _grads(data, 0)]
+    norm = float(np.sqrt(sum(np.sum(keras.ops.convert_to_numpy(g) ** 2) for g in grads)))
+    clipped = [keras.Variable(data[f"init_{i}"]) for i in range(3)]
+    by_hand = [keras.Variable(data[f"init_{i}"]) for i in range(3)]
+    ReferenceSGD(0.1, momentum=0.9, weight_decay=5e-4, global_clipnorm=1.0).apply(grads, clipped)
+    ReferenceSGD(0.1, momentum=0.9, weight_decay=5e-4).apply([g / norm for g in grads], by_hand)
+    for x, y in zip(_numpy(clipped), _numpy(by_hand)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(_numpy(clipped)[0], data["init_0"] - 0.1 * (data["grads_0"][0] * 1000.0), atol=1e-3)
+
+
+def test_the_weight_average_warms_up_and_stays_out_of_the_weights(fixtures):
+    data = np.load(fixtures / "torch_sgd_trajectory.npz")
+    variables = [keras.Variable(data[f"init_{i}"]) for i in range(3)]
+    opt = ReferenceSGD(0.1, momentum=0.9, weight_decay=5e-4, use_ema=True, ema_momentum=0.3)
+    expected = None
+    for step in range(6):
+        opt.apply(_grads(data, step), variables)
+        now = _numpy(variables)
+        decay = 0.0 if step == 0 else min(0.3, (1 + step) / (10 + step))  # 2/11, 3/12, 4/13, then the 0.3 cap
+        expected = now if expected is None else [decay * e + (1 - decay) * w for e, w in zip(expected, now)]
+    averages = _numpy(opt._model_variables_moving_average)
+    for average, e in zip(averages, expected):
+        np.testing.assert_allclose(average, e, rtol=1e-5, atol=1e-7)
+    opt.finalize_variable_values(variables)  # what fit calls at its end: the raw weights stay
+    np.testing.assert_array_equal(_numpy(variables)[0], now[0])
+    assert not np.allclose(averages[0], now[0])

@@ -71,6 +71,17 @@ def variable_index(optimizer, variable):
     return optimizer._get_variable_index(variable)
 
 
+def batches_done(optimizer):
+    """Batches an optimizer has trained on: `iterations` counts updates, one per `gradient_accumulation_steps`.
+
+    Why private: Keras keeps the batch count only in `_iterations` (the public
+    `iterations` is it divided by the accumulation steps, which a backup taken
+    mid-accumulation cannot be told from).
+    """
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    return optimizer._iterations
+
+
 # --- tf.distribute ------------------------------------------------------------------------------
 
 def all_reduce_in_replica(context, op, values):
@@ -287,7 +298,8 @@ def _lookups():
         (oracle, "_random_values"), (oracle, "_compute_values_hash"), (oracle, "_tried_so_far"),
         (oracle, "_max_collisions"), (_pywrap_util_port, "IsMklEnabled"),
         (convert_to_constants, "convert_variables_to_constants_v2"), (deprecation, "silence"),
-        (keras.optimizers.Optimizer, "_get_variable_index"),
+        (keras.optimizers.Optimizer, "_get_variable_index"), (keras.optimizers.SGD(), "_iterations"),
+        (keras.optimizers.Optimizer, "_update_model_variables_moving_average"),
         (keras.optimizers.Optimizer, "_all_reduce_sum_gradients"), (keras.layers.Layer, "_flatten_layers"),
     ]
     return [(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}", hasattr(owner, name))

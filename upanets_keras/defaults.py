@@ -27,6 +27,18 @@ RECIPE = {
     "seed": 0,
 }
 
+# The opt-in parts of the modern recipe, and what each `--recipe` sets for the options not given.
+# `ema` is the decay (0: off), `mixup`/`cutmix` the Beta alpha (0: off), `clip_grad_norm` the global
+# norm (0: off), `grad_accum_steps` batches per optimizer update.
+RECIPES = {
+    "paper": {"label_smoothing": RECIPE["label_smoothing"], "ema": 0.0, "mixup": 0.0, "cutmix": 0.0,
+              "randaugment": False, "clip_grad_norm": 0.0, "grad_accum_steps": 1},
+    "modern": {"label_smoothing": 0.1, "ema": 0.999, "mixup": 0.2, "cutmix": 1.0, "randaugment": True,
+               "clip_grad_norm": 0.0, "grad_accum_steps": 1},
+}
+# With both MixUp and CutMix on, each batch takes CutMix with this probability (timm's switch_prob).
+CUTMIX_SWITCH_PROB = 0.5
+
 VARIANTS = {
     "upanets16": {"filters": 16, "blocks": 1},
     "upanets32": {"filters": 32, "blocks": 1},

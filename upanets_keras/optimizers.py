@@ -25,7 +25,13 @@ class ReferenceSGD(keras.optimizers.Optimizer):
         momentum: momentum factor in [0, 1].
         weight_decay: L2 penalty coefficient added to every gradient.
         name: optimizer name.
-        **kwargs: other `keras.optimizers.Optimizer` arguments (`clipnorm`, ...).
+        **kwargs: other `keras.optimizers.Optimizer` arguments (`global_clipnorm`,
+            `gradient_accumulation_steps`, `use_ema`, `ema_momentum`, ...).
+
+    With `use_ema`, the averages warm up as TensorFlow's `ExponentialMovingAverage`
+    with `num_updates`: after `n` updates the decay is `min(ema_momentum, (1 + n) / (10 + n))`,
+    so short runs average recent weights. The model's weights stay the raw ones
+    at the end of `fit` (callbacks put the averages in for validation and saving).
 
     Example:
     >>> opt = ReferenceSGD(0.1, momentum=0.9, weight_decay=5e-4)
@@ -73,6 +79,21 @@ class ReferenceSGD(keras.optimizers.Optimizer):
             self.assign(buf, ops.add(ops.multiply(buf, ops.cast(self.momentum, variable.dtype)), g))
             g = buf
         self.assign_sub(variable, ops.multiply(g, lr))
+
+    def _update_model_variables_moving_average(self, trainable_variables):  # Keras' hook, with the warm-up
+        if not self.use_ema:
+            return
+        n = ops.cast(self.iterations, "float32")
+        decay = ops.minimum(ops.cast(self.ema_momentum, "float32"), (1.0 + n) / (10.0 + n))
+        decay = ops.where(ops.equal(n, 0.0), 0.0, decay)  # the first update copies the weights
+        for var, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                d = ops.cast(decay, var.dtype)
+                average.assign(ops.add(ops.multiply(d, average), ops.multiply(ops.subtract(1.0, d), var)))
+
+    def finalize_variable_values(self, var_list):
+        """Nothing: Keras would copy the averages into the model at the end of every `fit`, but a run
+        fits in phases (freezing) and resumes from raw weights, so they stay out of it."""
 
     def _all_reduce_sum_gradients(self, grads_and_vars):  # TensorFlow's hook only; why: compat.all_reduce_sum_gradients
         return compat.all_reduce_sum_gradients(ReferenceSGD, self, grads_and_vars)

@@ -28,7 +28,7 @@ QUEUE = 8  # batches kept ready
 
 
 def _labels(y, num_classes):
-    if num_classes is None:
+    if num_classes is None or y.ndim == 2:  # int labels asked for, or soft ones (MixUp, CutMix)
         return y
     return np.eye(num_classes, dtype=np.float32)[y]
 
@@ -41,16 +41,17 @@ class TrainBatches(keras.utils.PyDataset):
     `num_epochs` is None: pass `steps_per_epoch` to `Model.fit`.
 
     Args:
-        x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards:
+        x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards, augment:
             as `pipeline.make_train_dataset`.
         num_classes: one-hot float32 labels of this many classes (None: int32 labels).
         workers: threads preparing batches ahead (0 or 1: in the caller's thread).
     """
 
     def __init__(self, x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, *, shards=None,
-                 num_shards=1, num_classes=None, workers=WORKERS):
+                 num_shards=1, num_classes=None, augment=None, workers=WORKERS):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=QUEUE)
-        self.plan = draws.plan_training(x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards)
+        self.plan = draws.plan_training(x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards,
+                                        augment)
         self.num_classes = num_classes
 
     @property

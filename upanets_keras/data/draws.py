@@ -1,7 +1,8 @@
 """What the training stream draws for each (seed, epoch, step), in numpy, the same under every backend.
 
 The order of an epoch is a permutation keyed by `(seed, epoch)`; the crop
-offsets and flips of a batch are keyed by `(seed, epoch, step)`. Both
+offsets and flips of a batch, and the opt-in RandAugment, MixUp and CutMix
+(`Augmentations`), are keyed by `(seed, epoch, step)`. Both
 pipelines (`pipeline.py` for tf.data, `batches.py` for any backend) take
 their draws from here and crop with the same integer arithmetic, so for one
 seed they yield the same pixels, and a resumed run, starting at any epoch,
@@ -22,7 +23,7 @@ import numpy as np
 
 from upanets_keras.data.errors import DataError
 
-_ORDER, _AUGMENT = 0, 1  # the stream keyed by (seed, epoch, purpose[, step])
+_ORDER, _AUGMENT, _MIX, _RANDAUGMENT = 0, 1, 2, 3  # the stream keyed by (seed, epoch, purpose[, step])
 
 
 def check_batch_size(batch_size, n=None, what=None):
@@ -115,6 +116,34 @@ def pad_crop_flip(images, pad, offsets, flipped):
 
 
 @dataclasses.dataclass(frozen=True)
+class Augmentations:
+    """The modern recipe's opt-in augmentations, applied after crop and flip (see `mixing.py`, `randaugment.py`).
+
+    Args:
+        randaugment: timm's rand-m9-n2 on every image.
+        mixup, cutmix: Beta alphas (0: off); either makes the labels soft.
+        num_classes: the one-hot width of soft labels (needed when mixing).
+    """
+
+    randaugment: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    num_classes: int | None = None
+
+    @property
+    def mixes(self):
+        """Whether labels come out soft (float32 `[B, num_classes]`) rather than int32."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    @property
+    def active(self):
+        return self.randaugment or self.mixes
+
+
+NO_AUGMENTATIONS = Augmentations()
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainPlan:
     """A checked training stream: which images each (epoch, step, shard) reads and how they are augmented.
 
@@ -131,6 +160,7 @@ class TrainPlan:
     num_shards: int
     pad: int
     flip: bool
+    augment: Augmentations = NO_AUGMENTATIONS
 
     @property
     def steps(self):
@@ -148,17 +178,39 @@ class TrainPlan:
         return epoch_order(self.seed, epoch, len(self.x), self.batch_size), offsets, flipped
 
     def batch(self, epoch, step, shard=0):
-        """uint8 images and int32 labels of one shard of one global batch, gathered and augmented."""
-        idx = epoch_order(self.seed, epoch, len(self.x), self.batch_size)[step]
+        """Images and labels of one shard of one global batch, gathered and augmented.
+
+        uint8 images and int32 labels; with MixUp or CutMix, float32 images and
+        soft float32 labels (image `j` of the global batch mixed with image `B - 1 - j`).
+        """
         lo, hi = shard * self.part, (shard + 1) * self.part
+        images, labels = self._augmented(epoch, step, lo, hi)
+        if not self.augment.mixes:
+            return images, labels
+        from upanets_keras.data.mixing import mix, mix_draw
+
+        b = self.batch_size
+        partners, partner_labels = self._augmented(epoch, step, b - hi, b - lo)
+        draw = mix_draw(_rng(self.seed, epoch, _MIX, step), images.shape[1], self.augment.mixup, self.augment.cutmix)
+        return mix(images, labels, partners[::-1], partner_labels[::-1], draw, self.augment.num_classes)
+
+    def _augmented(self, epoch, step, lo, hi):
+        """uint8 images and int32 labels of positions `[lo, hi)` of a global batch, cropped, flipped, RandAugmented."""
+        idx = epoch_order(self.seed, epoch, len(self.x), self.batch_size)[step]
         images = np.asarray(self.x[idx[lo:hi]])
         if self.pad or self.flip:
             offsets, flipped = augmentation_draws(self.seed, epoch, step, self.batch_size, self.pad, self.flip)
             images = pad_crop_flip(images, self.pad, offsets[lo:hi], flipped[lo:hi])
+        if self.augment.randaugment:
+            from upanets_keras.data.randaugment import rand_augment, randaugment_draws
+
+            draws = randaugment_draws(_rng(self.seed, epoch, _RANDAUGMENT, step), self.batch_size)
+            images = rand_augment(images, draws[lo:hi])
         return images, self.y[idx[lo:hi]]
 
 
-def plan_training(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, shards=None, num_shards=1):
+def plan_training(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, shards=None, num_shards=1,
+                  augment=None):
     """The `TrainPlan` of `make_train_dataset`'s arguments, checked (`DataError` says what is wrong)."""
     from upanets_keras.data.splits import DatasetInfo
 
@@ -177,5 +229,8 @@ def plan_training(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None
     shards = (0,) if shards is None else tuple(int(s) for s in shards)
     if batch_size % num_shards or not all(0 <= s < num_shards for s in shards):
         raise DataError(f"cannot cut batches of {batch_size} into {num_shards} equal slices {list(shards)}")
+    augment = augment or NO_AUGMENTATIONS
+    if augment.mixes and not augment.num_classes:
+        raise DataError("MixUp and CutMix make soft labels: pass Augmentations(num_classes=...)")
     return TrainPlan(x, y, batch_size, int(seed), int(first_epoch), None if num_epochs is None else int(num_epochs),
-                     shards, int(num_shards), int(info.pad), bool(info.flip))
+                     shards, int(num_shards), int(info.pad), bool(info.flip), augment)

@@ -17,17 +17,21 @@ def uses_tf_data():
     return keras.backend.backend() == "tensorflow"
 
 
-def train_input(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, *, shards=None, num_shards=1):
-    """The augmented training stream of `(float32 0-255 images, one-hot labels)` (see `make_train_dataset`)."""
+def train_input(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, *, shards=None, num_shards=1,
+                augment=None):
+    """The augmented training stream of `(float32 0-255 images, one-hot labels)` (see `make_train_dataset`).
+
+    `augment` (`draws.Augmentations`) adds RandAugment, MixUp and CutMix (soft labels).
+    """
     if uses_tf_data():
         from upanets_keras.data.pipeline import make_train_dataset, one_hot
 
         return one_hot(make_train_dataset(x, y, info, batch_size, seed, first_epoch, num_epochs, shards=shards,
-                                          num_shards=num_shards), info.num_classes)
+                                          num_shards=num_shards, augment=augment), info.num_classes)
     from upanets_keras.data.batches import TrainBatches
 
     return TrainBatches(x, y, info, batch_size, seed, first_epoch, num_epochs, shards=shards, num_shards=num_shards,
-                        num_classes=info.num_classes)
+                        num_classes=info.num_classes, augment=augment)
 
 
 def eval_input(x, y, batch_size, num_classes):

@@ -41,7 +41,7 @@ def pad_crop_flip(images, pad, offsets, flipped):
 
 
 def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, *, shards=None,
-                       num_shards=1) -> tf.data.Dataset:
+                       num_shards=1, augment=None) -> tf.data.Dataset:
     """Deterministic, resumable, augmented training pipeline.
 
     Epoch ``e`` visits a permutation keyed by ``(seed, e)`` in
@@ -68,11 +68,16 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
             ``steps_per_epoch`` to ``Model.fit``).
         shards: the slices of every global batch to yield (default: the whole batch).
         num_shards: slices per global batch; must divide ``batch_size``.
+        augment: ``draws.Augmentations`` (RandAugment, MixUp, CutMix), or None.
+            These run in numpy (``TrainPlan.batch``) inside the pipeline.
 
     Returns:
-        A dataset of ``(float32 [B, S, S, C] on 0-255, int32 [B])``.
+        A dataset of ``(float32 [B, S, S, C] on 0-255, int32 [B])``; with MixUp
+        or CutMix the labels are soft, float32 ``[B, num_classes]``.
     """
-    plan = draws.plan_training(x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards)
+    plan = draws.plan_training(x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards, augment)
+    if plan.augment.active:
+        return _numpy_batches(plan)
     x, steps, part, shards = plan.x, plan.steps, plan.part, plan.shards
     gather = _image_gatherer(x)
     labels = tf.constant(plan.y, tf.int32)
@@ -102,15 +107,42 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
         batch.set_shape([part, *x.shape[1:]])
         return batch, tf.gather(labels, idx[lo:lo + part])
 
-    first_epoch, num_epochs = plan.first_epoch, plan.num_epochs
-    if num_epochs is None:
-        epochs = tf.data.Dataset.counter(first_epoch, dtype=tf.int64)
-    else:
-        epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs, dtype=tf.int64)
-    ds = epochs.flat_map(epoch_batches).flat_map(slices)
+    ds = _epochs(plan).flat_map(epoch_batches).flat_map(slices)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if num_epochs is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_epochs * steps * len(shards)))
+    if plan.num_epochs is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_epochs * steps * len(shards)))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _epochs(plan):
+    if plan.num_epochs is None:
+        return tf.data.Dataset.counter(plan.first_epoch, dtype=tf.int64)
+    return tf.data.Dataset.range(plan.first_epoch, plan.first_epoch + plan.num_epochs, dtype=tf.int64)
+
+
+def _numpy_batches(plan):
+    """The stream with every batch made by `TrainPlan.batch` in numpy (the augmentations TensorFlow lacks)."""
+    shards, mixes = tf.constant(plan.shards, tf.int64), plan.augment.mixes
+
+    def keys(epoch):
+        steps = tf.data.Dataset.range(plan.steps, dtype=tf.int64)
+        return steps.flat_map(lambda step: tf.data.Dataset.from_tensor_slices(shards).map(
+            lambda shard: (epoch, step, shard)))
+
+    def load(epoch, step, shard):
+        def make(e, s, k):
+            images, labels = plan.batch(int(e), int(s), int(k))
+            return images.astype("float32"), labels.astype("float32" if mixes else "int32")
+
+        images, labels = tf.numpy_function(make, [epoch, step, shard], [tf.float32, tf.float32 if mixes else tf.int32],
+                                           stateful=False)
+        images.set_shape([plan.part, *plan.x.shape[1:]])
+        labels.set_shape([plan.part, plan.augment.num_classes] if mixes else [plan.part])
+        return images, labels
+
+    ds = _epochs(plan).flat_map(keys).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if plan.num_epochs is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_epochs * plan.steps * len(plan.shards)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -143,5 +175,7 @@ def make_eval_dataset(x, y, batch_size) -> tf.data.Dataset:
 
 
 def one_hot(dataset, num_classes):
-    """`(images, int labels)` batches with one-hot float32 labels (the recipe's loss takes them)."""
+    """`(images, int labels)` batches with one-hot float32 labels (the recipe's loss takes them); soft ones pass."""
+    if len(dataset.element_spec[1].shape) == 2:
+        return dataset
     return dataset.map(lambda x, y: (x, tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)

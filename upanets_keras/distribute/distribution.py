@@ -110,9 +110,9 @@ class Distribution:
     def prepare_model(self, model):
         """Called inside `scope()` once the model is built."""
 
-    def train_dataset(self, x, y, info, seed, first_epoch):
-        """The one-hot training stream of global batches."""
-        return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch)
+    def train_dataset(self, x, y, info, seed, first_epoch, augment=None):
+        """The one-hot (or, mixed, soft) training stream of global batches; `augment`: `draws.Augmentations`."""
+        return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, augment=augment)
 
     def eval_dataset(self, x, y, num_classes):
         return eval_input(x, y, self.global_batch, num_classes)
@@ -161,17 +161,17 @@ class ReplicatedDistribution(Distribution):
         if self.sync_batchnorm:
             synchronize_batch_norm(model)
 
-    def _local_dataset(self, x, y, info, seed, first_epoch, pipeline=0, pipelines=1):
+    def _local_dataset(self, x, y, info, seed, first_epoch, pipeline=0, pipelines=1, augment=None):
         local = self.replicas // pipelines
         shards = range(pipeline * local, (pipeline + 1) * local)
         return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, shards=shards,
-                           num_shards=self.replicas)
+                           num_shards=self.replicas, augment=augment)
 
-    def train_dataset(self, x, y, info, seed, first_epoch):
+    def train_dataset(self, x, y, info, seed, first_epoch, augment=None):
         """Each worker reads and augments only its replicas' slices of every global batch."""
         return self.strategy.distribute_datasets_from_function(
             lambda context: self._local_dataset(x, y, info, seed, first_epoch, context.input_pipeline_id,
-                                                context.num_input_pipelines))
+                                                context.num_input_pipelines, augment))
 
     def eval_dataset(self, x, y, num_classes):
         return compat.shard_by_data(super().eval_dataset(x, y, num_classes))

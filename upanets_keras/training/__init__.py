@@ -21,6 +21,7 @@ from upanets_keras.saving import load_model
 from upanets_keras.training.backup import EpochBackup, restore
 from upanets_keras.training.callbacks import (
     AtomicCheckpoint,
+    AveragedWeights,
     EpochSummary,
     HistoryLog,
     NaNGuard,
@@ -28,7 +29,7 @@ from upanets_keras.training.callbacks import (
     tensorboard_callback,
 )
 from upanets_keras.training.config import TrainConfig, TrainingError, resolve_jit, resolve_precision, versions
-from upanets_keras.training.recipe import build_model, compile_for_training, fit, freeze_backbone
+from upanets_keras.training.recipe import augmentations, build_model, compile_for_training, fit, freeze_backbone
 from upanets_keras.training.run_dir import RunDirectory
 from upanets_keras.variants import count_parameters
 
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-def train(config, overwrite=False, echo=print, verbose=None):
+def train(config, overwrite=False, echo=print, verbose=None, extend=False):
     """Train UPANets; resumable, writing the run directory.
 
     Re-running the same configuration into the same `output_dir` resumes from
@@ -52,6 +53,8 @@ def train(config, overwrite=False, echo=print, verbose=None):
         overwrite: replace a finished or different run in `output_dir`.
         echo: where one-line messages go.
         verbose: Keras progress output (default: bars on a terminal, else none).
+        extend: continue the run in `output_dir`, finished or not, to more `epochs`
+            (the cosine schedule becomes that of the longer run from the next epoch on).
 
     Returns:
         The `metrics.json` dict (on a non-chief worker: its role and weights digest).
@@ -64,7 +67,7 @@ def train(config, overwrite=False, echo=print, verbose=None):
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
     echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)
     with run.lock(), resumable_when_disk_full(run.path):  # one process at a time per run directory
-        first_epoch = open_run(config, distribution, run, overwrite, echo)
+        first_epoch = open_run(config, distribution, run, overwrite, echo, extend)
         if first_epoch is None:  # this same run, already finished: nothing to do
             return run.read_json("metrics.json") if distribution.is_chief else distribution.summary()
         source = open_source(config, first_epoch)  # before the data: a source of another width fails at once
@@ -85,17 +88,25 @@ def _worker_echo(echo, rank, message):
     echo(f"[worker {rank}] {message}")
 
 
-def open_run(config, distribution, run, overwrite, echo):
+def open_run(config, distribution, run, overwrite, echo, extend=False):
     """Refuse, clear or prepare the run directory; return the epochs already trained (None: finished)."""
     refusal, finished = None, False
+    if extend and distribution.workers > 1:
+        raise TrainingError("--extend runs on one machine (a finished multi-worker run keeps no worker backups). "
+                            f"Received: workers={distribution.workers}")
     try:
         if distribution.is_chief:
-            finished = run.prepare(config, overwrite, distribution.batch)
+            extending = extend and os.path.exists(run.file("config.json")) and run.saved_epochs() < config.epochs
+            finished = run.prepare(config, overwrite, distribution.batch, extend)
+            if extending and not overwrite:
+                echo(f"Extending {config.output_dir} from {run.saved_epochs()} to {config.epochs} epochs.")
         elif overwrite:
             run.remove()
     except TrainingError as e:
         refusal = e
     first_epoch = distribution.agree_on_start(refusal, run, finished)
+    if first_epoch is not None and extend:
+        first_epoch = max(first_epoch, len(run.history()))  # a finished run keeps no backup: last.keras resumes it
     if first_epoch is None:
         echo(f"{config.output_dir} already holds this finished run; its results are unchanged.")
         return None
@@ -146,8 +157,12 @@ def record_config(config, distribution, run, splits, init=None):
     With `--init-from`, `init_from` is what was loaded, resized and initialised (a resumed
     run keeps the first start's record).
     """
-    if init is None and config.init_from and os.path.exists(run.file("config.json")):
-        init = run.read_json("config.json").get("init_from")
+    before = run.read_json("config.json") if os.path.exists(run.file("config.json")) else {}
+    if init is None and config.init_from:
+        init = before.get("init_from")
+    extended = before.get("extended", [])
+    if before and before["run"]["epochs"] < config.epochs:
+        extended = extended + [{"from_epochs": before["run"]["epochs"], "to_epochs": config.epochs}]
     payload = {"run": dataclasses.asdict(config), "precision": resolve_precision(config.precision),
                "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
                "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
@@ -156,6 +171,8 @@ def record_config(config, distribution, run, splits, init=None):
         payload["distribution"] = distribution.summary()
     if init is not None:
         payload["init_from"] = init
+    if extended:
+        payload["extended"] = extended
     run.write_json("config.json", payload)
 
 
@@ -198,10 +215,13 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
         raise TrainingError("a backup could not be loaded (see above): restart every worker with the same command")
     first_epoch = loaded
     callbacks = [NaNGuard()]
+    averaged = AveragedWeights() if config.ema else None  # validation and best.keras on the averaged weights
+    callbacks += [averaged] if averaged else []
     if distribution.is_chief:
         callbacks += [
             AtomicCheckpoint(run.file("best.keras"), monitor="val_accuracy",
-                             initial_value_threshold=run.trim_history(first_epoch)),
+                             initial_value_threshold=run.trim_history(first_epoch),
+                             weights=averaged.inside if averaged else None),
             AtomicCheckpoint(run.file("last.keras")),
             HistoryLog(run.append_history),
             tensorboard_callback(run.file("logs")),
@@ -224,7 +244,8 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
             if config.freeze_backbone or config.freeze_epochs:
                 span = f"epoch {end}" if end == start + 1 else f"epochs {start + 1}-{end}"
                 echo(f"{span}: {'only the head (logits) trains' if freeze else 'every layer trains'}")
-            train_ds = distribution.train_dataset(*splits.train, info, config.seed, start)
+            train_ds = distribution.train_dataset(*splits.train, info, config.seed, start,
+                                                  augmentations(config, info.num_classes))
             with distribution.fit_scope():
                 fit(model, train_ds, end, steps, validation_data=val_ds, callbacks=callbacks,
                     initial_epoch=start, verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)

@@ -14,7 +14,7 @@ import zlib
 
 import keras
 
-from upanets_keras import faults
+from upanets_keras import compat, faults
 from upanets_keras.files import fsync_file
 
 _NAME = re.compile(r"^epoch-(\d+)-([0-9a-f]{8})-(\d+)\.weights\.h5$")
@@ -150,7 +150,7 @@ def _load(model, path, steps, epochs=None):
         model.load_weights(path)
     except Exception as e:  # h5py, zipfile and Keras raise several types for damaged files
         return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    iterations = int(keras.ops.convert_to_numpy(compat.batches_done(model.optimizer)))
     if iterations % steps or (epochs is not None and iterations != epochs * steps):
         return None, f"its optimizer is at step {iterations}, not at the end of an epoch of {steps} steps"
     return iterations // steps, None

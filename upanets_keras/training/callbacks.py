@@ -1,5 +1,6 @@
 """The callbacks of a training run: checkpoints, history, NaN guard, throughput, one line per epoch."""
 
+import contextlib
 import math
 import os
 import time
@@ -21,13 +22,16 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         path: the `.keras` file.
         monitor: a metric to maximise (e.g. `"val_accuracy"`); None saves every epoch.
         initial_value_threshold: the best value so far (a resumed run's), or None.
+        weights: a context manager factory that puts the weights to save in the model
+            (`AveragedWeights.inside`), or None for the model's own.
     """
 
-    def __init__(self, path, monitor=None, initial_value_threshold=None):
+    def __init__(self, path, monitor=None, initial_value_threshold=None, weights=None):
         super().__init__()
         self.path = path
         self.monitor = monitor
         self.best = initial_value_threshold
+        self.weights = weights or contextlib.nullcontext
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor is not None:
@@ -35,7 +39,33 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             if value is None or math.isnan(value) or (self.best is not None and value <= self.best):
                 return
             self.best = value
-        save_model_atomically(self.model, self.path)
+        with self.weights():
+            save_model_atomically(self.model, self.path)
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """`--ema`: validation runs on the optimizer's averaged weights; `inside()` puts them in for a save.
+
+    Keras' `SwapEMAWeights` swaps the averages in around every evaluation
+    during `fit` and back after it, so training goes on from the raw weights.
+
+    Example:
+    >>> callback = AveragedWeights()
+    >>> AtomicCheckpoint("best.keras", "val_accuracy", weights=callback.inside)  # doctest: +ELLIPSIS
+    <...AtomicCheckpoint object at ...>
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=False)
+
+    @contextlib.contextmanager
+    def inside(self):
+        """The averaged weights in the model for the duration of the block."""
+        self.on_test_begin()
+        try:
+            yield
+        finally:
+            self.on_test_end()
 
 
 # Not keras.callbacks.CSVLogger: a kill mid-write would leave a partial row in the file a resume reads.

@@ -33,6 +33,11 @@ class TrainConfig:
     or a reference `.pth`/`.npz` whose matching weights start a fresh run;
     `freeze_backbone` trains only the `logits` layer, `freeze_epochs` only it for
     the first epochs, then everything.
+    The modern recipe's switches (docs/training.md), each off in `recipe="paper"`:
+    `ema` (decay of the weights' moving average: validation, `best.keras` and the
+    test scores use it), `mixup`/`cutmix` (Beta alphas; soft labels), `randaugment`
+    (rand-m9-n2), `clip_grad_norm` (global norm), `grad_accum_steps` (batches per
+    update). `recipe` fills the ones left None (`defaults.RECIPES`), label smoothing too.
 
     Example:
     >>> config = TrainConfig(dataset="digits", filters=8, epochs=8).resolved()
@@ -56,7 +61,7 @@ class TrainConfig:
     momentum: float = RECIPE["momentum"]
     weight_decay: float = RECIPE["weight_decay"]
     warmup_epochs: int = RECIPE["warmup_epochs"]
-    label_smoothing: float = RECIPE["label_smoothing"]
+    label_smoothing: float = None
     val_split: float = RECIPE["val_split"]
     seed: int = RECIPE["seed"]
     precision: str = "auto"
@@ -71,6 +76,13 @@ class TrainConfig:
     init_from: str = None
     freeze_backbone: bool = False
     freeze_epochs: int = 0
+    recipe: str = "paper"
+    ema: float = None
+    mixup: float = None
+    cutmix: float = None
+    randaugment: bool = None
+    clip_grad_norm: float = None
+    grad_accum_steps: int = None
 
     def resolved(self):
         """A copy with the variant expanded and the arguments checked (`ConfigError` names the first bad one)."""
@@ -78,6 +90,11 @@ class TrainConfig:
         if config.variant:
             spec = variant_config(config.variant)
             config.filters, config.blocks = spec["filters"], spec["blocks"]
+        if config.recipe not in defaults.RECIPES:
+            raise ConfigError(f"`recipe` must be one of {tuple(defaults.RECIPES)}. Received: recipe={config.recipe!r}")
+        for field, value in defaults.RECIPES[config.recipe].items():
+            if getattr(config, field) is None:
+                setattr(config, field, value)
         if not config.output_dir:
             config.output_dir = os.path.join("runs", f"{config.dataset}-{config.variant or f'upanets{config.filters}'}")
         checks = [
@@ -87,6 +104,11 @@ class TrainConfig:
             ("weight_decay", config.weight_decay >= 0, ">= 0"),
             ("warmup_epochs", 0 <= config.warmup_epochs < config.epochs, "in [0, epochs)"),
             ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
+            ("ema", 0 <= config.ema < 1, "in [0, 1) (0: off)"),
+            ("mixup", config.mixup >= 0, ">= 0 (0: off)"),
+            ("cutmix", config.cutmix >= 0, ">= 0 (0: off)"),
+            ("clip_grad_norm", config.clip_grad_norm >= 0, ">= 0 (0: off)"),
+            ("grad_accum_steps", config.grad_accum_steps >= 1, ">= 1"),
             ("freeze_epochs", 0 <= config.freeze_epochs < config.epochs, "in [0, epochs) (--freeze-backbone freezes "
              "every epoch)"),
         ]
@@ -130,8 +152,8 @@ class TrainConfig:
         return [(max(start, first_epoch), end, frozen) for start, end, frozen in spans if end > max(start, first_epoch)]
 
     def changed_fields(self, saved):
-        """The fields that differ from a saved run's `dataclasses.asdict` (keys it lacks take today's defaults)."""
-        fresh = dataclasses.asdict(TrainConfig())
+        """The fields that differ from a saved run's `dataclasses.asdict` (keys it lacks take the paper's recipe)."""
+        fresh = dataclasses.asdict(TrainConfig().resolved())  # a run saved before a field existed had the paper's
         return [k for k, v in dataclasses.asdict(self).items()
                 if k not in self.NOT_IDENTITY and saved.get(k, fresh[k]) != v]
 

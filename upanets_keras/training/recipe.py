@@ -43,11 +43,40 @@ def compile_for_training(model, config, steps_per_epoch, jit_compile, precision=
     the variable-initialising branches registered after the model is gone.
     """
     schedule = EpochCosineSchedule(config.lr, steps_per_epoch, config.epochs, config.warmup_epochs)
-    optimizer = ReferenceSGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = ReferenceSGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
+                             **optimizer_switches(config))
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     _compile(model, optimizer, config.label_smoothing, jit_compile)
     model.optimizer.build(model.trainable_variables)
+
+
+def optimizer_switches(config):
+    """The modern recipe's optimizer arguments of a resolved `TrainConfig`: EMA, global-norm clipping, accumulation.
+
+    Accumulation averages the gradients of `grad_accum_steps` batches into one
+    update; the cosine schedule still counts batches, so epochs keep their rate.
+
+    Example:
+    >>> from upanets_keras.training.config import TrainConfig
+    >>> optimizer_switches(TrainConfig(ema=0.999, grad_accum_steps=2).resolved())
+    {'use_ema': True, 'ema_momentum': 0.999, 'gradient_accumulation_steps': 2}
+    """
+    switches = {}
+    if config.ema:
+        switches.update(use_ema=True, ema_momentum=config.ema)
+    if config.clip_grad_norm:
+        switches["global_clipnorm"] = config.clip_grad_norm
+    if config.grad_accum_steps > 1:
+        switches["gradient_accumulation_steps"] = config.grad_accum_steps
+    return switches
+
+
+def augmentations(config, num_classes):
+    """The `draws.Augmentations` (RandAugment, MixUp, CutMix) of a resolved `TrainConfig`."""
+    from upanets_keras.data.draws import Augmentations
+
+    return Augmentations(bool(config.randaugment), float(config.mixup), float(config.cutmix), num_classes)
 
 
 def _compile(model, optimizer, label_smoothing, jit_compile):

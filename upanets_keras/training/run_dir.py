@@ -53,13 +53,14 @@ class RunDirectory:
         """One process at a time per run directory."""
         return RunLock(self.path)
 
-    def prepare(self, config, overwrite, batch):
+    def prepare(self, config, overwrite, batch, extend=False):
         """Refuse a run of other settings (unless `overwrite`), then make the folder writable.
 
         Args:
             config: the resolved `TrainConfig`.
             overwrite: replace whatever run is there.
             batch: `{"global_batch_size", "lr"}` in use, compared with the run there.
+            extend: a run there that differs only by fewer `epochs` continues to `config.epochs`.
 
         Returns:
             True when the folder holds this same run, finished (nothing is changed).
@@ -70,12 +71,19 @@ class RunDirectory:
             self.clear()
         elif os.path.exists(self.file("config.json")):
             changed = self._changed_settings(config, batch)
-            if changed:
+            if extend and changed == ["epochs"]:
+                self._extend(config.epochs)
+                finished = False
+            elif changed:
                 state = "a finished run" if finished else "an unfinished run"
+                hint = (", or pass --extend to continue it to more epochs"
+                        if changed == ["epochs"] and not extend else "")
                 raise TrainingError(
                     f"{out} holds {state} with other settings ({', '.join(changed)}); re-run it with the same "
-                    "options, pass --overwrite to start over, or choose another --output-dir"
+                    f"options, pass --overwrite to start over, or choose another --output-dir{hint}"
                 )
+        elif extend:
+            raise TrainingError(f"--extend continues a run, but {out} holds none; drop --extend to start one")
             if finished:
                 self.remove_backups()  # left only by a kill between metrics.json and their removal
                 return True
@@ -97,6 +105,19 @@ class RunDirectory:
                 raise
             raise TrainingError(f"cannot write to output directory {out}: {e.strerror}") from None
         return False
+
+    def saved_epochs(self):
+        """The `epochs` the run there was started (or last extended) with."""
+        return int(self.read_json("config.json")["run"]["epochs"])
+
+    def _extend(self, epochs):
+        """Reopen the run for `epochs` epochs: its results go (they are rewritten at the new end)."""
+        before = self.saved_epochs()
+        if epochs <= before:
+            raise TrainingError(f"--extend needs more --epochs than the run's {before}. Received: epochs={epochs}")
+        for name in ("metrics.json", "history.png"):
+            if os.path.exists(self.file(name)):
+                os.remove(self.file(name))
 
     def _changed_settings(self, config, batch):
         with open(self.file("config.json")) as f:

@@ -1,0 +1,241 @@
+"""The modern recipe's switches: MixUp/CutMix draws, the augmented streams, `--recipe`, and its bad input."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from upanets_keras.data import draws
+from upanets_keras.data.mixing import mix, mix_draw
+from upanets_keras.data.splits import DatasetInfo
+from upanets_keras.errors import ConfigError
+from upanets_keras.training.config import TrainConfig
+
+INFO = DatasetInfo("toy", 4, ["a", "b", "c", "d"], 8, (0.5,) * 3, (0.25,) * 3, pad=1, flip=True)
+
+
+def toy(n=24):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), np.arange(n) % 4
+
+
+def test_mixup_mixes_each_image_and_label_with_one_weight():
+    draw = mix_draw(np.random.default_rng(1), 8, mixup=0.4, cutmix=0.0)
+    assert draw.box is None and 0 < draw.lam < 1
+    x, y = toy(4)
+    images, soft = mix(x, y, x[::-1], y[::-1], draw, num_classes=4)
+    expected = np.float32(draw.lam) * x.astype(np.float32) + np.float32(1 - draw.lam) * x[::-1].astype(np.float32)
+    np.testing.assert_array_equal(images, expected)
+    np.testing.assert_allclose(soft[0, y[0]] + soft[0, y[-1]], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(soft[0, y[0]], draw.lam if y[0] != y[-1] else 1.0, rtol=1e-6)
+
+
+def test_cutmix_pastes_a_box_of_the_partner_whose_area_is_one_minus_lam():
+    rng = np.random.default_rng(3)
+    boxes = [mix_draw(rng, 16, mixup=0.0, cutmix=1.0) for _ in range(50)]
+    assert all(d.box is not None for d in boxes)
+    d = next(d for d in boxes if 0 < d.lam < 1)
+    y0, y1, x0, x1 = d.box
+    assert d.lam == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 256)
+    ones, zeros = np.full((1, 16, 16, 3), 255, np.uint8), np.zeros((1, 16, 16, 3), np.uint8)
+    images, soft = mix(ones, np.array([0]), zeros, np.array([1]), d, num_classes=2)
+    assert (images == 0).sum() / 3 == (y1 - y0) * (x1 - x0)
+    assert float(images[0, y0, x0, 0]) == 0.0 and soft[0].tolist() == pytest.approx([d.lam, 1 - d.lam])
+
+
+def test_with_both_on_batches_switch_between_mixup_and_cutmix():
+    rng = np.random.default_rng(0)
+    kinds = [mix_draw(rng, 16, mixup=0.2, cutmix=1.0).box is None for _ in range(200)]
+    assert 60 < sum(kinds) < 140
+
+
+@pytest.mark.parametrize("augment", [
+    draws.Augmentations(mixup=0.2, num_classes=4),
+    draws.Augmentations(cutmix=1.0, mixup=0.2, num_classes=4),
+    draws.Augmentations(randaugment=True),
+    draws.Augmentations(randaugment=True, cutmix=1.0, num_classes=4),
+])
+def test_a_shard_of_an_augmented_batch_is_that_slice_of_the_global_batch(augment):
+    x, y = toy()
+    whole = draws.plan_training(x, y, INFO, 8, seed=5, augment=augment)
+    parts = draws.plan_training(x, y, INFO, 8, seed=5, shards=[0, 1], num_shards=2, augment=augment)
+    for step in range(3):
+        images, labels = whole.batch(1, step)
+        halves = [parts.batch(1, step, shard) for shard in (0, 1)]
+        np.testing.assert_array_equal(np.concatenate([h[0] for h in halves]), images)
+        np.testing.assert_array_equal(np.concatenate([h[1] for h in halves]), labels)
+    assert (labels.ndim == 2) == augment.mixes
+    plain = draws.plan_training(x, y, INFO, 8, seed=5)
+    assert not np.array_equal(plain.batch(1, 0)[0], whole.batch(1, 0)[0])
+
+
+def test_the_augmented_stream_is_a_function_of_seed_epoch_and_step():
+    x, y = toy()
+    augment = draws.Augmentations(randaugment=True, mixup=0.2, cutmix=1.0, num_classes=4)
+    a = draws.plan_training(x, y, INFO, 8, seed=5, augment=augment)
+    b = draws.plan_training(x, y, INFO, 8, seed=5, first_epoch=2, augment=augment)
+    np.testing.assert_array_equal(a.batch(2, 1)[0], b.batch(2, 1)[0])
+    assert not np.array_equal(a.batch(2, 1)[0], a.batch(3, 1)[0])
+    assert not np.array_equal(a.batch(2, 1)[0], draws.plan_training(x, y, INFO, 8, seed=6, augment=augment).batch(2, 1)[0])
+
+
+def test_mixing_needs_the_class_count():
+    x, y = toy()
+    with pytest.raises(draws.DataError, match="num_classes"):
+        draws.plan_training(x, y, INFO, 8, augment=draws.Augmentations(mixup=0.2))
+
+
+def test_tf_data_and_the_pydataset_yield_the_same_augmented_batches():
+    from upanets_keras.data.batches import TrainBatches
+    from upanets_keras.data.inputs import train_input
+
+    x, y = toy()
+    augment = draws.Augmentations(randaugment=True, mixup=0.2, cutmix=1.0, num_classes=4)
+    tf_batches = list(train_input(x, y, INFO, 8, seed=2, first_epoch=1, num_epochs=1, augment=augment))
+    py_batches = TrainBatches(x, y, INFO, 8, seed=2, first_epoch=1, num_epochs=1, num_classes=4, augment=augment,
+                              workers=0)
+    assert len(tf_batches) == len(py_batches) == 3
+    for (ti, tl), (pi, pl) in zip(tf_batches, [py_batches[i] for i in range(3)]):
+        assert ti.dtype.name == "float32" and tuple(tl.shape) == (8, 4)
+        np.testing.assert_array_equal(np.asarray(ti), pi)
+        np.testing.assert_array_equal(np.asarray(tl), pl)
+
+
+def test_the_modern_recipe_fills_only_what_is_not_given():
+    modern = TrainConfig(recipe="modern", mixup=0.0).resolved()
+    assert (modern.ema, modern.cutmix, modern.randaugment, modern.label_smoothing) == (0.999, 1.0, True, 0.1)
+    assert modern.mixup == 0.0  # given
+    paper = TrainConfig().resolved()
+    assert (paper.ema, paper.mixup, paper.cutmix, paper.randaugment, paper.clip_grad_norm,
+            paper.grad_accum_steps, paper.label_smoothing) == (0.0, 0.0, 0.0, False, 0.0, 1, 0.0)
+
+
+def test_a_run_saved_before_the_switches_existed_is_still_the_same_run():
+    config = TrainConfig(dataset="digits", filters=4, epochs=2).resolved()
+    saved = dataclasses.asdict(config)
+    for field in ("recipe", "ema", "mixup", "cutmix", "randaugment", "clip_grad_norm", "grad_accum_steps"):
+        del saved[field]
+    assert config.changed_fields(saved) == []
+    assert dataclasses.replace(config, mixup=0.2).changed_fields(saved) == ["mixup"]
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("ema", 1.0, "in [0, 1)"), ("mixup", -0.1, ">= 0"), ("cutmix", -1.0, ">= 0"),
+    ("clip_grad_norm", -1.0, ">= 0"), ("grad_accum_steps", 0, ">= 1"), ("recipe", "fancy", "one of"),
+])
+def test_bad_switches_are_refused_in_one_line_naming_them(field, value, rule):
+    import re
+
+    with pytest.raises(ConfigError, match=rf"`{field}` must be {re.escape(rule)}.*Received: {field}="):
+        TrainConfig(**{field: value}).resolved()
+
+
+# --- whole runs: every switch at once, killed and resumed; the averaged weights; --extend ------------------------
+
+SWITCHES = ["--ema", "0.9", "--mixup", "0.2", "--cutmix", "1.0", "--randaugment", "--clip-grad-norm", "2",
+            "--grad-accum-steps", "3", "--label-smoothing", "0.1"]  # 20 batches an epoch: updates straddle epochs
+RUN = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "3"]
+
+
+def train_cli(backend, out, *extra, env=None):
+    from test_backends import cli
+
+    return cli(backend, "train", *RUN, *SWITCHES, "-o", str(out), *extra, env=env)
+
+
+def switched_run(shared_run, backend):
+    def make(out):
+        proc = train_cli(backend, out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return shared_run(f"digits-every-switch-{backend}", make)
+
+
+def weights_of(backend, path):
+    from test_backends import WEIGHTS, run_python, without_tensorflow
+
+    env = None if backend != "tensorflow" else {k: v for k, v in without_tensorflow("tensorflow").items()
+                                                if k != "PYTHONPATH"}
+    return run_python(backend, WEIGHTS, str(path), env=env)
+
+
+def killed_and_resumed(shared_run, tmp_path, backend):
+    from test_backends import without_tensorflow
+
+    whole, out = switched_run(shared_run, backend), tmp_path / "killed"
+    env = without_tensorflow(backend, UPANETS_FAULT_AT="mid_epoch")
+    if backend == "tensorflow":
+        env.pop("PYTHONPATH")
+    killed = train_cli(backend, out, env=env)
+    assert killed.returncode == -9 and not (out / "metrics.json").exists(), killed.stderr[-2000:]
+    resumed = train_cli(backend, out)
+    assert resumed.returncode == 0 and "Resuming" in resumed.stdout, resumed.stderr[-2000:]
+    rows = lambda run: (run / "history.csv").read_text().splitlines()  # noqa: E731
+    assert rows(out) == rows(whole)  # each epoch once, with the uninterrupted run's figures
+    for name in ("last.keras", "best.keras"):
+        for a, b in zip(weights_of(backend, out / name), weights_of(backend, whole / name)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.heavy
+def test_a_run_with_every_switch_killed_mid_epoch_resumes_to_the_uninterrupted_weights(shared_run, tmp_path):
+    killed_and_resumed(shared_run, tmp_path, "tensorflow")
+
+
+@pytest.mark.slow  # minutes: `make soak`
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_every_switch_resumes_exactly_on_the_other_backends(shared_run, tmp_path, backend):
+    killed_and_resumed(shared_run, tmp_path, backend)
+
+
+@pytest.mark.heavy
+def test_validation_best_keras_and_the_test_scores_use_the_averaged_weights(shared_run):
+    import json
+
+    import keras
+
+    import upanets_keras
+    from upanets_keras.artifacts import load_artifact
+    from upanets_keras.evaluation import evaluate_split
+
+    out = switched_run(shared_run, "tensorflow")
+    config = json.loads((out / "config.json").read_text())["run"]
+    assert {k: config[k] for k in ("ema", "mixup", "cutmix", "randaugment", "clip_grad_norm", "grad_accum_steps")} == \
+        {"ema": 0.9, "mixup": 0.2, "cutmix": 1.0, "randaugment": True, "clip_grad_norm": 2.0, "grad_accum_steps": 3}
+    metrics = json.loads((out / "metrics.json").read_text())
+    best, last = upanets_keras.load_model(out / "best.keras"), upanets_keras.load_model(out / "last.keras")
+    runner = load_artifact(str(out / "best.keras"))
+    val = evaluate_split(runner, "digits", "val", batch_size=64)
+    assert val["accuracy"] == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+    test = evaluate_split(runner, "digits", "test", batch_size=64)
+    assert test["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    raw = last.get_layer("logits").weights[0]
+    if metrics["best_epoch"] == 3:  # the same epoch: the averages, not the raw weights
+        assert not np.allclose(keras.ops.convert_to_numpy(raw),
+                               keras.ops.convert_to_numpy(best.get_layer("logits").weights[0]))
+
+
+@pytest.mark.heavy
+def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_run, tmp_path):
+    import json
+    import math
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(switched_run(shared_run, "tensorflow"), out)
+    before = (out / "config.json").read_text()
+    refused = train_cli("tensorflow", out, "--epochs", "4")
+    assert refused.returncode == 1 and "pass --extend to continue it" in refused.stderr
+    fewer = train_cli("tensorflow", out, "--epochs", "2", "--extend")
+    assert fewer.returncode == 1 and "--extend needs more --epochs than the run's 3" in fewer.stderr
+    assert (out / "config.json").read_text() == before and (out / "metrics.json").exists()  # nothing written
+
+    extended = train_cli("tensorflow", out, "--epochs", "4", "--extend")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "Extending" in extended.stdout and "epoch 1/4" not in extended.stdout
+    rate = 0.5 * 0.1 * (1 + math.cos(math.pi * 3 / 4))  # epoch 4 of a 4-epoch cosine
+    assert "epoch 4/4" in extended.stdout and f"lr {rate:.5f}" in extended.stdout
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[:4] == (switched_run(shared_run, "tensorflow") / "history.csv").read_text().splitlines()
+    assert len(rows) == 5 and json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
+    assert json.loads((out / "config.json").read_text())["extended"] == [{"from_epochs": 3, "to_epochs": 4}]
