@@ -54,6 +54,9 @@ BATCH_MODES = ("global", "per-replica")
 LR_SCALINGS = ("linear", "none")
 BACKENDS = ("tensorflow", "jax", "torch")
 
+# RandAugment as timm's `rand-m9-n2`: two ops an image, each applied with probability 0.5, magnitude 9 of 10.
+RANDAUGMENT = {"num_ops": 2, "magnitude": 9, "prob": 0.5}
+
 # Per-channel mean and standard deviation on the 0-1 scale (the reference's CIFAR values).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
