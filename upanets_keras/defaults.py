@@ -41,6 +41,8 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 BATCH_MODES = ("global", "per-replica")
 LR_SCALINGS = ("linear", "none")
 BACKENDS = ("tensorflow", "jax", "torch")
+# Test-time augmentation of `evaluate` and `predict`: flip also runs each image mirrored left-right.
+TTA_MODES = ("none", "flip")
 
 # Per-channel mean and standard deviation on the 0-1 scale (the reference's CIFAR values).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
