@@ -173,6 +173,7 @@ class FiniteFloatRange(click.FloatRange):
 DATASETS, VARIANT_NAMES = defaults.DATASETS, tuple(defaults.VARIANTS)
 PRECISIONS, JIT_CHOICES, CACHE_MODES = defaults.PRECISIONS, defaults.JIT_CHOICES, defaults.CACHE_MODES
 STRATEGIES, BATCH_MODES, LR_SCALINGS = defaults.STRATEGIES, defaults.BATCH_MODES, defaults.LR_SCALINGS
+TTA_MODES = defaults.TTA_MODES
 MODEL_HELP = "a .keras model, or an exported .tflite / .onnx file or SavedModel folder"
 
 
@@ -185,6 +186,15 @@ def cache_options(command):
         "--cache", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
         help="Decoded images in memory, or in a memory-mapped file per split on disk (decoded once, reused by "
              "later runs; for datasets bigger than memory). auto: memory while they fit a quarter of the RAM.",
+    )(command)
+
+
+def tta_option(command):
+    """`--tta`: test-time augmentation of `evaluate` and `predict` (see upanets_keras.evaluation.predict_logits)."""
+    return click.option(
+        "--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
+        help="Test-time augmentation. flip: also run every image flipped left-right and average the two "
+             "softmax probabilities; the classes, accuracies and loss come from that average (twice the work).",
     )(command)
 
 

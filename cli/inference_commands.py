@@ -3,7 +3,7 @@
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, MODEL_HELP, RECIPE, FiniteFloatRange, cache_options, check_output_path, user_errors,
+    DATASETS, MODEL_HELP, RECIPE, FiniteFloatRange, cache_options, check_output_path, tta_option, user_errors,
 )
 
 
@@ -17,15 +17,17 @@ from upanets_keras_cli.common import (
 @click.option("--seed", default=RECIPE["seed"], show_default=True, type=int, help="As in training, to rebuild the same validation split.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
+@tta_option
 @cache_options
 @user_errors
-def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, as_json, cache, cache_dir):
+def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, as_json, tta, cache, cache_dir):
     """Score a model on a dataset split: a .keras file or an exported artifact.
 
     MODEL is a .keras model, or what `export` wrote (.tflite, .onnx or a
     SavedModel folder), run by its own runtime, so the accuracy of what will
     be deployed (int8 included) is measured. Prints top-1, top-5, loss and
-    per-class accuracy. The model's own preprocessing is used.
+    per-class accuracy. The model's own preprocessing is used. --tta flip
+    scores the mean probabilities of each image and its mirror image.
 
     Example: upanets-keras evaluate runs/digits-upanets8/best.keras --dataset digits
     """
@@ -38,7 +40,7 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
     if model.format == "keras" and model.model.pixel_mean is None:
         click.echo("warning: the model has no built-in normalisation; it is fed raw 0-255 pixels", err=True)
     names = model.class_names
-    result = {"model": model_path, **evaluate_split(model, dataset, split, batch_size, data_dir=data_dir,
+    result = {"model": model_path, **evaluate_split(model, dataset, split, batch_size, tta, data_dir=data_dir,
                                                      val_split=val_split, seed=seed, cache=cache, cache_dir=cache_dir)}
     if plot:
         plot_confusion_matrix(result["confusion_matrix"], names, plot)
@@ -46,7 +48,8 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
         result["class_names"] = names
         click.echo(json.dumps(result))
         return
-    click.echo(f"{dataset} {split}: {result['num_images']} images")
+    augmented = "" if tta == "none" else f", test-time augmentation {tta}"
+    click.echo(f"{dataset} {split}: {result['num_images']} images{augmented}")
     click.echo(f"top-1 accuracy {result['accuracy']:.4f}  top-5 accuracy {result['top5_accuracy']:.4f}  loss {result['loss']:.4f}")
     click.echo("per-class accuracy:")
     for name, acc in zip(names, result["per_class_accuracy"]):
@@ -62,14 +65,16 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Also write every image's result to this .csv or .json file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+@tta_option
 @user_errors
-def predict(model_path, images, top_k, as_json, output, overwrite):
+def predict(model_path, images, top_k, as_json, output, overwrite, tta):
     """Classify images with a .keras model or an exported artifact.
 
     IMAGES are image files or folders (read recursively; unreadable files in
     a folder are reported and skipped). Images of any size and mode are
     converted to RGB at the model's input size. --output writes path, top-k
-    classes and probabilities of every image as CSV or JSON.
+    classes and probabilities of every image as CSV or JSON. --tta flip
+    lists the mean probabilities of each image and its mirror image.
 
     Example: upanets-keras predict best.keras photos/ --output results.csv
     """
@@ -90,7 +95,7 @@ def predict(model_path, images, top_k, as_json, output, overwrite):
             param_hint="-k/--top-k")
     k = top_k or min(5, len(names))
     rows = []
-    for row in classify_files(model, images, k):
+    for row in classify_files(model, images, k, tta=tta):
         rows.append(row)
         top = row["top"]
         click.echo(json.dumps(row) if as_json else row["image"] + ": " + ", ".join(

@@ -53,6 +53,8 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 BATCH_MODES = ("global", "per-replica")
 LR_SCALINGS = ("linear", "none")
 BACKENDS = ("tensorflow", "jax", "torch")
+# Test-time augmentation of `evaluate` and `predict`: flip also runs each image mirrored left-right.
+TTA_MODES = ("none", "flip")
 
 # RandAugment as timm's `rand-m9-n2`: two ops an image, each applied with probability 0.5, magnitude 9 of 10.
 RANDAUGMENT = {"num_ops": 2, "magnitude": 9, "prob": 0.5}

@@ -2,25 +2,83 @@
 
 import numpy as np
 
+from upanets_keras.defaults import TTA_MODES
+from upanets_keras.errors import ConfigError
+
 CHUNK = 4096  # images converted to float32 at a time, so a split of any size fits in memory
 
 
-def predict_logits(model, x, batch_size=100):
-    """float64 logits of `model` on images `x` (0-255), converted to float32 a chunk at a time."""
-    parts = [np.asarray(model.predict(np.asarray(x[i:i + CHUNK], dtype="float32"), batch_size=batch_size,
-                                      verbose=0), dtype="float64")
+def log_softmax(logits):
+    """Log-probabilities of each row of float64 `logits`.
+
+    Example:
+    >>> log_softmax(np.log([[1.0, 3.0]])).round(4).tolist()
+    [[-1.3863, -0.2877]]
+    """
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def mean_probability_logits(logits, other):
+    """Logits whose softmax is the mean of the softmaxes of `logits` and `other` (the log of that mean).
+
+    Computed in log space, so a probability too small for float64 does not become log(0).
+
+    Example:
+    >>> np.exp(mean_probability_logits(np.log([[0.5, 0.5]]), np.log([[0.9, 0.1]]))).round(4).tolist()
+    [[0.7, 0.3]]
+    """
+    return np.logaddexp(log_softmax(logits), log_softmax(other)) - np.log(2.0)
+
+
+def _predict(model, x, batch_size):
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+
+
+def _chunk_logits(model, x, batch_size, tta):
+    logits = _predict(model, x, batch_size)
+    if tta == "none":
+        return logits
+    flipped = np.ascontiguousarray(x[:, :, ::-1])  # NHWC: the width axis, on every backend and runtime
+    return mean_probability_logits(logits, _predict(model, flipped, batch_size))
+
+
+def predict_logits(model, x, batch_size=100, tta="none"):
+    """float64 logits of `model` on images `x` (0-255), converted to float32 a chunk at a time.
+
+    Args:
+        model: a `.keras` model or a runner from `artifacts.load_artifact` (both have `predict`).
+        x: images, NHWC.
+        batch_size: images per forward pass.
+        tta: `none`, or `flip`: each image also runs flipped left-right and the logits returned
+            are the log of the mean of the two softmax probabilities (their softmax is that mean).
+
+    Example:
+    >>> from upanets_keras import build_upanets
+    >>> model = build_upanets(filters=4, num_classes=3, input_shape=(16, 16, 3))
+    >>> predict_logits(model, np.zeros((2, 16, 16, 3)), tta="flip").shape
+    (2, 3)
+    """
+    if tta not in TTA_MODES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    parts = [_chunk_logits(model, np.asarray(x[i:i + CHUNK], dtype="float32"), batch_size, tta)
              for i in range(0, len(x), CHUNK)]
     return np.concatenate(parts)
 
 
-def evaluate_arrays(model, x, y, batch_size=100):
+def evaluate_arrays(model, x, y, batch_size=100, tta="none"):
     """Score `model` on uint8/float images `x` (0-255) with integer labels `y`.
+
+    With `tta="flip"` every score (top-1, top-5, per-class, confusion) comes from the mean of the
+    softmax probabilities of each image and its left-right mirror, and the loss is the
+    cross-entropy of that mean.
 
     Args:
         model: a UPANets model that takes 0-255 pixels (one `train` wrote).
         x: images, NHWC (an array, or a disk cache's `CachedImages`).
         y: labels.
         batch_size: images per forward pass.
+        tta: `none` or `flip` (see `predict_logits`).
 
     Returns:
         A dict: `accuracy`, `top5_accuracy`, `loss`, `per_class_accuracy`,
@@ -31,12 +89,11 @@ def evaluate_arrays(model, x, y, batch_size=100):
     """
     from sklearn.metrics import confusion_matrix
 
-    logits = predict_logits(model, x, batch_size)
+    logits = predict_logits(model, x, batch_size, tta)
     num_classes = logits.shape[-1]
     y = np.asarray(y, dtype="int64")
     # Not sklearn's log_loss: it clips probabilities, so a confidently wrong prediction would lose its true loss.
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(logits)
     predicted = logits.argmax(axis=1)
     k = min(5, num_classes)
     # Not sklearn's top_k_accuracy_score: it refuses the (n, 2) scores of a two-class model.
@@ -83,7 +140,7 @@ def plot_confusion_matrix(confusion, class_names, path):
     plt.close(fig)
 
 
-def evaluate_split(model, dataset, split="test", batch_size=100, **data_options):
+def evaluate_split(model, dataset, split="test", batch_size=100, tta="none", **data_options):
     """Score a runner from `artifacts.load_artifact` on a split of `dataset`, as `train` split it.
 
     Args:
@@ -91,11 +148,12 @@ def evaluate_split(model, dataset, split="test", batch_size=100, **data_options)
         dataset: a registered dataset name.
         split: `test`, `val` or `train`.
         batch_size: images per forward pass.
+        tta: `none` or `flip` (see `evaluate_arrays`).
         **data_options: `data_dir`, `val_split`, `seed`, `cache`, `cache_dir` (as in training, so
             the validation split is the same).
 
     Returns:
-        `evaluate_arrays`' dict with `dataset`, `split` and `format` added.
+        `evaluate_arrays`' dict with `dataset`, `split`, `format` and `tta` added.
 
     Example:
     >>> evaluate_split(load_artifact("best.keras"), "digits")["accuracy"]  # doctest: +SKIP
@@ -108,4 +166,5 @@ def evaluate_split(model, dataset, split="test", batch_size=100, **data_options)
             f"the model predicts {len(model.class_names)} classes but {dataset} has {splits.info.num_classes}; "
             "evaluate it on the dataset it was trained for")
     x, y = getattr(splits, split)
-    return {"format": model.format, "dataset": dataset, "split": split, **evaluate_arrays(model, x, y, batch_size)}
+    return {"format": model.format, "dataset": dataset, "split": split, "tta": tta,
+            **evaluate_arrays(model, x, y, batch_size, tta)}

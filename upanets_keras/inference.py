@@ -3,7 +3,7 @@
 Example:
 >>> from upanets_keras.artifacts import load_artifact  # doctest: +SKIP
 >>> model = load_artifact("runs/digits/best.keras")  # doctest: +SKIP
->>> for row in classify_files(model, ["photo.png"], top_k=3):  # doctest: +SKIP
+>>> for row in classify_files(model, ["photo.png"], top_k=3, tta="flip"):  # doctest: +SKIP
 ...     print(row["image"], row["top"][0]["class"])
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from upanets_keras.data.errors import DataError
 from upanets_keras.data.images import decode_image_files, list_image_files, load_image_files
+from upanets_keras.evaluation import predict_logits
 from upanets_keras.files import atomic_write
 
 CHUNK = 1024  # images decoded and classified at a time, so folders of any size fit in memory
@@ -51,8 +52,8 @@ def expand_image_paths(paths):
     return files
 
 
-def classify_files(model, paths, top_k=5, batch_size=100):
-    """Classify image files and folders a chunk at a time; yield `{"image", "top"}` per readable image.
+def classify_files(model, paths, top_k=5, batch_size=100, tta="none"):
+    """Classify image files and folders a chunk at a time; yield `{"image", "top", "tta"}` per readable image.
 
     Files named directly must decode (an error names the file); unreadable
     files found in a folder are reported and skipped.
@@ -62,6 +63,8 @@ def classify_files(model, paths, top_k=5, batch_size=100):
         paths: image files or folders.
         top_k: classes listed per image.
         batch_size: images per forward pass.
+        tta: `none`, or `flip`: the probabilities are the mean of those of the image and of
+            the image flipped left-right (see `evaluation.predict_logits`).
     """
     named = {path for path in paths if not os.path.isdir(path)}
     files = expand_image_paths(paths)
@@ -73,9 +76,9 @@ def classify_files(model, paths, top_k=5, batch_size=100):
             x, ok = decode_image_files(chunk, model.input_size)
         if not len(x):
             continue
-        probs = softmax(model.predict(x.astype("float32"), batch_size=batch_size))
+        probs = softmax(predict_logits(model, x, batch_size, tta))
         for path, p in zip([f for f, good in zip(chunk, ok) if good], probs):
-            yield {"image": path, "top": top_classes(p, model.class_names, top_k)}
+            yield {"image": path, "top": top_classes(p, model.class_names, top_k), "tta": tta}
 
 
 def write_predictions(rows, path, top_k):
