@@ -318,3 +318,8 @@ def test_predict_runs_without_tensorflow(trained_on, tmp_path, backend):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     probabilities = [t["probability"] for t in result["top"]]
     assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
+    flipped = cli(backend, "predict", str(trained_on(backend) / "best.keras"), str(image), "--top-k", "3", "--json",
+                  "--tta", "flip")
+    assert flipped.returncode == 0, flipped.stderr[-3000:]
+    result = json.loads(flipped.stdout.strip().splitlines()[-1])
+    assert result["tta"] == "flip" and [t["probability"] for t in result["top"]] != probabilities

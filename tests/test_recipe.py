@@ -159,22 +159,25 @@ def weights_of(backend, path):
     return run_python(backend, WEIGHTS, str(path), env=env)
 
 
-def killed_and_resumed(shared_run, tmp_path, backend):
-    from test_backends import without_tensorflow
+def resumes_exactly(backend, args, whole, out, files=("last.keras", "best.keras")):
+    """`train ARGS -o out` SIGKILLed mid-epoch, then resumed, ends with the history and weights of `whole`."""
+    from test_backends import cli, without_tensorflow
 
-    whole, out = switched_run(shared_run, backend), tmp_path / "killed"
     env = without_tensorflow(backend, UPANETS_FAULT_AT="mid_epoch")
     if backend == "tensorflow":
         env.pop("PYTHONPATH")
-    killed = train_cli(backend, out, env=env)
+    killed = cli(backend, "train", *args, "-o", str(out), env=env)
     assert killed.returncode == -9 and not (out / "metrics.json").exists(), killed.stderr[-2000:]
-    resumed = train_cli(backend, out)
+    resumed = cli(backend, "train", *args, "-o", str(out))
     assert resumed.returncode == 0 and "Resuming" in resumed.stdout, resumed.stderr[-2000:]
-    rows = lambda run: (run / "history.csv").read_text().splitlines()  # noqa: E731
-    assert rows(out) == rows(whole)  # each epoch once, with the uninterrupted run's figures
-    for name in ("last.keras", "best.keras"):
+    assert (out / "history.csv").read_text() == (whole / "history.csv").read_text()  # each epoch once, the same
+    for name in files:
         for a, b in zip(weights_of(backend, out / name), weights_of(backend, whole / name)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def killed_and_resumed(shared_run, tmp_path, backend):
+    resumes_exactly(backend, [*RUN, *SWITCHES], switched_run(shared_run, backend), tmp_path / "killed")
 
 
 @pytest.mark.heavy
@@ -186,6 +189,22 @@ def test_a_run_with_every_switch_killed_mid_epoch_resumes_to_the_uninterrupted_w
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_switch_resumes_exactly_on_the_other_backends(shared_run, tmp_path, backend):
     killed_and_resumed(shared_run, tmp_path, backend)
+
+
+ONE_SWITCH = {"ema": ["--ema", "0.9"], "mixup": ["--mixup", "0.2"], "cutmix": ["--cutmix", "1.0"],
+              "randaugment": ["--randaugment"], "clip": ["--clip-grad-norm", "0.5"],
+              "accumulation": ["--grad-accum-steps", "3"]}
+
+
+@pytest.mark.slow  # minutes: `make soak`
+@pytest.mark.parametrize("switch", list(ONE_SWITCH))
+def test_each_switch_alone_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, switch):
+    from test_backends import cli
+
+    args = [*RUN[:-1], "2", *ONE_SWITCH[switch]]  # 2 epochs
+    whole = tmp_path / "whole"
+    assert cli("tensorflow", "train", *args, "-o", str(whole)).returncode == 0
+    resumes_exactly("tensorflow", args, whole, tmp_path / "killed", files=("last.keras",))
 
 
 @pytest.mark.heavy
@@ -239,3 +258,13 @@ def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_r
     assert rows[:4] == (switched_run(shared_run, "tensorflow") / "history.csv").read_text().splitlines()
     assert len(rows) == 5 and json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
     assert json.loads((out / "config.json").read_text())["extended"] == [{"from_epochs": 3, "to_epochs": 4}]
+
+
+def test_accumulation_under_a_tensorflow_strategy_is_refused_in_one_line(tmp_path):
+    from test_backends import cli
+
+    out = tmp_path / "run"
+    proc = cli("tensorflow", "train", *RUN, "--strategy", "mirrored", "--grad-accum-steps", "2", "-o", str(out))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "--grad-accum-steps runs with --strategy one" in proc.stderr and "Received: grad_accum_steps=2" in proc.stderr
+    assert not out.exists()

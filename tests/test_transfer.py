@@ -118,9 +118,11 @@ def test_another_width_is_one_line_naming_filters_and_writes_nothing(source, tmp
     assert not (out / "config.json").exists() and not list(out.glob("*.keras"))
     for args, words in [(["--init-from", tmp_path / "a.h5"], ".keras UPANets or a reference .pth/.npz"),
                         (["--init-from", tmp_path / "missing.npz"], "file not found"),
-                        (["--freeze-epochs", 1], "needs `init_from`")]:
+                        (["--freeze-epochs", 1], "needs `init_from`"),
+                        (["--init-from", source, "--image-size", 20], "multiple of 8, got 20")]:
         result = run("train", *TINY, "--epochs", 2, *args, "-o", out)
-        assert result.exit_code == 1 and words in result.output and "Received: " in result.output, result.output
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert "Received: " in result.output or "--image-size" in result.output
         assert len(result.output.strip().splitlines()) == 1 and not (out / "config.json").exists()
 
 
@@ -189,3 +191,31 @@ def test_freezing_on_jax_is_refused_in_one_line_before_anything_runs():
                           env={**os.environ, "KERAS_BACKEND": "jax"})
     assert proc.returncode == 1
     assert "ConfigError: --freeze-backbone and --freeze-epochs need the TensorFlow or PyTorch backend" in proc.stderr
+
+
+@pytest.mark.heavy
+def test_the_reference_checkpoint_fine_tunes_to_seven_classes_at_48_px(fixtures, tmp_path):
+    """The reference's .pth (filters 4, 10 classes, 32 px) starts a 7-class run at 48 px: digits 0-6 as folders."""
+    from PIL import Image
+
+    from upanets_keras import data
+
+    splits = data.load_splits("digits", image_size=48, verbose=False)
+    x, y = splits.train
+    for digit in range(7):
+        (tmp_path / "seven" / str(digit)).mkdir(parents=True)
+        for i in np.flatnonzero(y == digit)[:24]:
+            Image.fromarray(x[i]).save(tmp_path / "seven" / str(digit) / f"{i}.png")
+    out = tmp_path / "run"
+    result = run("train", "--dataset", "folder", "--data-dir", tmp_path / "seven", "--filters", 4, "--image-size", 48,
+                 "--batch-size", 32, "--epochs", 2, "--init-from", fixtures / "upanets_f4_c10_b1_img32.ckpt.pth",
+                 "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "7 classes" in result.output and "SPA kernels resized (" in result.output
+    assert "logits freshly initialised" in result.output
+    record = json.loads((out / "config.json").read_text())["init_from"]
+    assert record["initialised"] == ["logits"] and record["resized"]
+    assert all(tuple(r["to"]) == tuple(3 * s // 2 for s in r["from"]) for r in record["resized"])
+    model = upanets_keras.load_model(out / "best.keras")
+    assert model.input_shape == (None, 48, 48, 3) and model.labels == [str(d) for d in range(7)]
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 2

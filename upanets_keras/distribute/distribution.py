@@ -93,6 +93,22 @@ class Distribution:
         """A line saying how the run is spread, or None on one device."""
         return None
 
+    def check_recipe(self, config):
+        """`DistributeError` for `--clip-grad-norm`/`--grad-accum-steps` under a TensorFlow strategy.
+
+        Keras clips each replica's share of the gradient before TensorFlow sums them
+        (not the global norm), and its accumulation branches on a cross-replica sum,
+        which tf.distribute refuses; JAX's data parallelism has neither problem.
+        """
+        if self.strategy is None or self.name == "one":
+            return
+        for field, flag in (("clip_grad_norm", "--clip-grad-norm"), ("grad_accum_steps", "--grad-accum-steps")):
+            value = getattr(config, field)
+            if value not in (0, 1, None):
+                raise DistributeError(
+                    f"{flag} runs with --strategy one on TensorFlow (or any strategy on JAX), not under TensorFlow's "
+                    f"{self.name} strategy: drop it or pass --strategy one. Received: {field}={value!r}")
+
     def agree_on_start(self, refusal, run, finished=False):
         """Raise the chief's refusal, or return the epoch to resume after (from `run`'s backup; None: finished)."""
         if refusal is not None:

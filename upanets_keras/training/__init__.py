@@ -64,6 +64,7 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False):
     """
     config = config.resolved()
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
+    distribution.check_recipe(config)
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
     echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)
     with run.lock(), resumable_when_disk_full(run.path):  # one process at a time per run directory
