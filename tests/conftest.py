@@ -122,6 +122,7 @@ SLOWEST_GROUPS = [
     "test_gpu_path.py",
     "test_export.py",
     "test_resume.py",
+    "test_recipe.py",
     "test_backends.py",  # trains the shared JAX and PyTorch runs first, before the groups below use them
     "test_hostile_input.py::test_killed_at_any_stage_then_the_same_command_finishes",
     "test_tuning.py",
