@@ -134,13 +134,22 @@ def test_bad_switches_are_refused_in_one_line_naming_them(field, value, rule):
 
 SWITCHES = ["--ema", "0.9", "--mixup", "0.2", "--cutmix", "1.0", "--randaugment", "--clip-grad-norm", "2",
             "--grad-accum-steps", "3", "--label-smoothing", "0.1"]  # 20 batches an epoch: updates straddle epochs
-RUN = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "3"]
+RUN = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64", "--epochs", "2"]
 
 
 def train_cli(backend, out, *extra, env=None):
     from test_backends import cli
 
     return cli(backend, "train", *RUN, *SWITCHES, "-o", str(out), *extra, env=env)
+
+
+def in_process(out, *extra):
+    """`train` through Click in this process (TensorFlow): for refusals, which stop before any training."""
+    from click.testing import CliRunner
+
+    from upanets_keras_cli.main import cli
+
+    return CliRunner().invoke(cli, ["train", *RUN, *SWITCHES, "-o", str(out), *map(str, extra)])
 
 
 def switched_run(shared_run, backend):
@@ -152,11 +161,16 @@ def switched_run(shared_run, backend):
 
 
 def weights_of(backend, path):
-    from test_backends import WEIGHTS, run_python, without_tensorflow
+    """The weights of a `.keras` file as loaded by `backend` (TensorFlow: in this process)."""
+    from test_backends import WEIGHTS, run_python
 
-    env = None if backend != "tensorflow" else {k: v for k, v in without_tensorflow("tensorflow").items()
-                                                if k != "PYTHONPATH"}
-    return run_python(backend, WEIGHTS, str(path), env=env)
+    if backend == "tensorflow":
+        import keras
+
+        import upanets_keras
+
+        return [keras.ops.convert_to_numpy(w) for w in upanets_keras.load_model(path).weights]
+    return run_python(backend, WEIGHTS, str(path))
 
 
 def resumes_exactly(backend, args, whole, out, files=("last.keras", "best.keras")):
@@ -201,7 +215,7 @@ ONE_SWITCH = {"ema": ["--ema", "0.9"], "mixup": ["--mixup", "0.2"], "cutmix": ["
 def test_each_switch_alone_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, switch):
     from test_backends import cli
 
-    args = [*RUN[:-1], "2", *ONE_SWITCH[switch]]  # 2 epochs
+    args = [*RUN, *ONE_SWITCH[switch]]
     whole = tmp_path / "whole"
     assert cli("tensorflow", "train", *args, "-o", str(whole)).returncode == 0
     resumes_exactly("tensorflow", args, whole, tmp_path / "killed", files=("last.keras",))
@@ -229,7 +243,7 @@ def test_validation_best_keras_and_the_test_scores_use_the_averaged_weights(shar
     test = evaluate_split(runner, "digits", "test", batch_size=64)
     assert test["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     raw = last.get_layer("logits").weights[0]
-    if metrics["best_epoch"] == 3:  # the same epoch: the averages, not the raw weights
+    if metrics["best_epoch"] == 2:  # the same epoch: the averages, not the raw weights
         assert not np.allclose(keras.ops.convert_to_numpy(raw),
                                keras.ops.convert_to_numpy(best.get_layer("logits").weights[0]))
 
@@ -243,21 +257,24 @@ def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_r
     out = tmp_path / "run"
     shutil.copytree(switched_run(shared_run, "tensorflow"), out)
     before = (out / "config.json").read_text()
-    refused = train_cli("tensorflow", out, "--epochs", "4")
-    assert refused.returncode == 1 and "pass --extend to continue it" in refused.stderr
-    fewer = train_cli("tensorflow", out, "--epochs", "2", "--extend")
-    assert fewer.returncode == 1 and "--extend needs more --epochs than the run's 3" in fewer.stderr
+    refused = in_process(out, "--epochs", "3")
+    assert refused.exit_code == 1 and "pass --extend to continue it" in refused.output
+    fewer = in_process(out, "--epochs", "1", "--extend")
+    assert fewer.exit_code == 1 and "--extend needs more --epochs than the run's 2" in fewer.output
     assert (out / "config.json").read_text() == before and (out / "metrics.json").exists()  # nothing written
+    nothing = in_process(tmp_path / "none", "--epochs", "3", "--extend")
+    assert nothing.exit_code == 1 and "holds none; drop --extend" in nothing.output
+    assert not (tmp_path / "none" / "config.json").exists()
 
-    extended = train_cli("tensorflow", out, "--epochs", "4", "--extend")
+    extended = train_cli("tensorflow", out, "--epochs", "3", "--extend")
     assert extended.returncode == 0, extended.stderr[-3000:]
-    assert "Extending" in extended.stdout and "epoch 1/4" not in extended.stdout
-    rate = 0.5 * 0.1 * (1 + math.cos(math.pi * 3 / 4))  # epoch 4 of a 4-epoch cosine
-    assert "epoch 4/4" in extended.stdout and f"lr {rate:.5f}" in extended.stdout
+    assert "Extending" in extended.stdout and "epoch 1/3" not in extended.stdout
+    rate = 0.5 * 0.1 * (1 + math.cos(math.pi * 2 / 3))  # epoch 3 of a 3-epoch cosine
+    assert "epoch 3/3" in extended.stdout and f"lr {rate:.5f}" in extended.stdout
     rows = (out / "history.csv").read_text().splitlines()
-    assert rows[:4] == (switched_run(shared_run, "tensorflow") / "history.csv").read_text().splitlines()
-    assert len(rows) == 5 and json.loads((out / "metrics.json").read_text())["epochs_completed"] == 4
-    assert json.loads((out / "config.json").read_text())["extended"] == [{"from_epochs": 3, "to_epochs": 4}]
+    assert rows[:3] == (switched_run(shared_run, "tensorflow") / "history.csv").read_text().splitlines()
+    assert len(rows) == 4 and json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
+    assert json.loads((out / "config.json").read_text())["extended"] == [{"from_epochs": 2, "to_epochs": 3}]
 
 
 def test_accumulation_under_a_tensorflow_strategy_is_refused_in_one_line(tmp_path):

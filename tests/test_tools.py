@@ -59,7 +59,7 @@ def test_gpu_run_driver_records_its_parts_and_the_ratios(tmp_path):
     assert inference["reference_best_mode"] == "bf16_channels_last" and inference["vs_reference_best"] == 4.0
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # three training processes: `make soak`
 def test_transfer_tables_fine_tune_digits_5_9_from_a_0_4_model_against_scratch(tmp_path, capsys):
     tables = load("transfer_tables")
     tables.main(["finetune", "--out", str(tmp_path), "--filters", "4", "--image-size", "16", "--epochs", "1",

@@ -82,11 +82,11 @@ class RunDirectory:
                     f"{out} holds {state} with other settings ({', '.join(changed)}); re-run it with the same "
                     f"options, pass --overwrite to start over, or choose another --output-dir{hint}"
                 )
-        elif extend:
-            raise TrainingError(f"--extend continues a run, but {out} holds none; drop --extend to start one")
             if finished:
                 self.remove_backups()  # left only by a kill between metrics.json and their removal
                 return True
+        elif extend:
+            raise TrainingError(f"--extend continues a run, but {out} holds none; drop --extend to start one")
         elif finished:
             raise TrainingError(
                 f"{out} holds a finished run without its config.json; pass --overwrite to replace it or choose "
