@@ -60,7 +60,7 @@ def recipe_defaults(field):
 @click.option("--cutmix", type=FiniteFloatRange(min=0), metavar="ALPHA", help=f"CutMix with Beta(ALPHA, ALPHA) areas; with --mixup, half the batches each; 0: off [default: {recipe_defaults('cutmix')}].")
 @click.option("--randaugment/--no-randaugment", default=None, help=f"timm's rand-m9-n2 after crop and flip [default: {recipe_defaults('randaugment')}].")
 @click.option("--clip-grad-norm", type=FiniteFloatRange(min=0), metavar="NORM", help=f"Clip the gradients' global norm; 0: off [default: {recipe_defaults('clip_grad_norm')}].")
-@click.option("--grad-accum-steps", type=click.IntRange(min=1), help="Average the gradients of this many batches into one update [default: 1].")
+@click.option("--grad-accum-steps", type=click.IntRange(min=1), help=f"Average the gradients of this many batches into one update [default: {recipe_defaults('grad_accum_steps')}].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
 @click.option("--extend", is_flag=True, help="Continue the run in --output-dir (finished or not) to a larger --epochs; the cosine schedule becomes the longer run's.")
 @cache_options

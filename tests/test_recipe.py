@@ -277,11 +277,15 @@ def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_r
     assert json.loads((out / "config.json").read_text())["extended"] == [{"from_epochs": 2, "to_epochs": 3}]
 
 
-def test_accumulation_under_a_tensorflow_strategy_is_refused_in_one_line(tmp_path):
+@pytest.mark.heavy
+def test_accumulation_and_clipping_under_a_tensorflow_strategy_are_refused_in_one_line(tmp_path):
     from test_backends import cli
 
     out = tmp_path / "run"
     proc = cli("tensorflow", "train", *RUN, "--strategy", "mirrored", "--grad-accum-steps", "2", "-o", str(out))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "--grad-accum-steps runs with --strategy one" in proc.stderr and "Received: grad_accum_steps=2" in proc.stderr
+    assert not out.exists()
+    proc = cli("tensorflow", "train", *RUN, "--strategy", "mirrored", "--clip-grad-norm", "1", "-o", str(out))
+    assert proc.returncode == 1 and "Received: clip_grad_norm=1.0" in proc.stderr, proc.stderr[-2000:]
     assert not out.exists()

@@ -21,6 +21,7 @@ from upanets_keras.layers import (
 )
 
 NUM_STAGES = 4
+HEAD = "logits"  # the classifier's layer: fine-tuning replaces or trains it alone
 WIDEN = 2  # widening factor of the first convolution of every conv branch
 
 
@@ -219,7 +220,7 @@ class UPANets(keras.Model):
                 num_classes,
                 kernel_initializer=torch_kernel_initializer(),
                 bias_initializer=torch_bias_initializer(outputs.shape[-1]),
-                name="logits",
+                name=HEAD,
                 dtype=logits_dtype,
             )(outputs)
         super().__init__(inputs, outputs, name=name or f"upanets{filters}", **kwargs)

@@ -34,7 +34,6 @@ import numpy as np
 from upanets_keras.errors import ConfigError
 
 SUFFIXES = (".keras", ".pth", ".npz")
-HEAD = "logits"
 SKIPPED = ("preprocess",)  # the target's own normalisation (its dataset's mean and std)
 
 
@@ -193,6 +192,8 @@ def _head_reason(model, src):
 
 def _plan(model, src, name):
     """The `(variable, value)` pairs to assign and the report; raises before anything is assigned."""
+    from upanets_keras.model import HEAD
+
     src_layers = {layer.name: layer for layer in src.layers}
     assignments, loaded, resized, initialised = [], [], [], []
     why = None

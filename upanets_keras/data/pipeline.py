@@ -107,17 +107,19 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
         batch.set_shape([part, *x.shape[1:]])
         return batch, tf.gather(labels, idx[lo:lo + part])
 
-    ds = _epochs(plan).flat_map(epoch_batches).flat_map(slices)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if plan.num_epochs is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_epochs * steps * len(shards)))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _stream(plan, lambda epochs: epochs.flat_map(epoch_batches).flat_map(slices), load)
 
 
-def _epochs(plan):
+def _stream(plan, keys, load):
+    """`load` mapped in order over `keys(epochs)`, the elements of `plan`'s epochs, sized and prefetched."""
     if plan.num_epochs is None:
-        return tf.data.Dataset.counter(plan.first_epoch, dtype=tf.int64)
-    return tf.data.Dataset.range(plan.first_epoch, plan.first_epoch + plan.num_epochs, dtype=tf.int64)
+        epochs = tf.data.Dataset.counter(plan.first_epoch, dtype=tf.int64)
+    else:
+        epochs = tf.data.Dataset.range(plan.first_epoch, plan.first_epoch + plan.num_epochs, dtype=tf.int64)
+    ds = keys(epochs).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if plan.num_epochs is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_epochs * plan.steps * len(plan.shards)))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _numpy_batches(plan):
@@ -140,10 +142,7 @@ def _numpy_batches(plan):
         labels.set_shape([plan.part, plan.augment.num_classes] if mixes else [plan.part])
         return images, labels
 
-    ds = _epochs(plan).flat_map(keys).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if plan.num_epochs is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(plan.num_epochs * plan.steps * len(plan.shards)))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _stream(plan, lambda epochs: epochs.flat_map(keys), load)
 
 
 def make_eval_dataset(x, y, batch_size) -> tf.data.Dataset:

@@ -102,12 +102,13 @@ class Distribution:
         """
         if self.strategy is None or self.name == "one":
             return
-        for field, flag in (("clip_grad_norm", "--clip-grad-norm"), ("grad_accum_steps", "--grad-accum-steps")):
-            value = getattr(config, field)
-            if value not in (0, 1, None):
+        used = [("--clip-grad-norm", "clip_grad_norm", bool(config.clip_grad_norm)),
+                ("--grad-accum-steps", "grad_accum_steps", (config.grad_accum_steps or 1) > 1)]
+        for flag, field, on in used:
+            if on:
                 raise DistributeError(
                     f"{flag} runs with --strategy one on TensorFlow (or any strategy on JAX), not under TensorFlow's "
-                    f"{self.name} strategy: drop it or pass --strategy one. Received: {field}={value!r}")
+                    f"{self.name} strategy: drop it or pass --strategy one. Received: {field}={getattr(config, field)!r}")
 
     def agree_on_start(self, refusal, run, finished=False):
         """Raise the chief's refusal, or return the epoch to resume after (from `run`'s backup; None: finished)."""

@@ -4,7 +4,7 @@ import contextlib
 
 import keras
 
-from upanets_keras.model import build_upanets
+from upanets_keras.model import HEAD, build_upanets
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD
 
 
@@ -89,9 +89,6 @@ def _compile(model, optimizer, label_smoothing, jit_compile):
         ],
         jit_compile=jit_compile,
     )
-
-
-HEAD = "logits"
 
 
 def check_freezable():
