@@ -8,6 +8,8 @@ import json
 import logging
 import pickle
 import socket
+import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -590,6 +592,29 @@ def test_train_dataset_errors(toy):
         make_train_dataset(x[:, :4, :4], y, toy_info(1, True), 4)
     with pytest.raises(DataError):
         make_train_dataset(x, y[:-1], toy_info(1, True), 4)
+
+
+EXIT_WITH_LIVE_ITERATOR = """
+import time, numpy as np, tensorflow as tf
+from upanets_keras.data import DatasetInfo
+from upanets_keras.data.pipeline import make_train_dataset
+x, y = np.zeros((8, 8, 8, 3), np.uint8), np.arange(8) % 2
+ours = iter(make_train_dataset(x, y, DatasetInfo("toy", 2, ["a", "b"], 8, (0.5,) * 3, (0.25,) * 3, 1, True), 4))
+def slow(i):
+    time.sleep(0.05)
+    return i
+busy = tf.data.Dataset.range(10 ** 9).map(lambda i: tf.numpy_function(slow, [i], tf.int64), num_parallel_calls=4)
+busy = iter(busy.prefetch(8))
+next(ours), next(busy)
+print("done")
+"""
+
+
+def test_a_process_with_live_iterators_exits():
+    """Iterators alive at exit are freed before finalization (TensorFlow otherwise hangs on in-flight numpy calls)."""
+    proc = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_ITERATOR], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
 
 
 def test_eval_dataset(toy):

@@ -6,10 +6,37 @@ Images stay uint8 until a batch is gathered; batches are float32 on the
 
 from __future__ import annotations
 
+import atexit
+import gc
+
 import tensorflow as tf
 
 from upanets_keras.data import draws
 from upanets_keras.data.draws import check_batch_size, check_xy
+
+
+def _release_iterators():
+    """Free every live tf.data iterator while the interpreter can still run Python.
+
+    Our pipelines call numpy (``numpy_function``) from tf.data threads. An
+    iterator still alive at exit (a script's module-level ``iter(dataset)``)
+    is otherwise freed during interpreter finalization, when TensorFlow waits
+    for its in-flight numpy calls without releasing the GIL they need: the
+    process hangs after its last line.
+    """
+    for obj in gc.get_objects():
+        if isinstance(obj, tf.data.Iterator) and hasattr(obj, "_iterator_resource"):
+            del obj._iterator_resource
+
+
+def _release_iterators_at_exit():
+    """Register `_release_iterators` once, when this process first builds a pipeline."""
+    if not _release_iterators_at_exit.done:
+        atexit.register(_release_iterators)
+        _release_iterators_at_exit.done = True
+
+
+_release_iterators_at_exit.done = False
 
 
 def _image_gatherer(x):
@@ -75,6 +102,7 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
         A dataset of ``(float32 [B, S, S, C] on 0-255, int32 [B])``; with MixUp
         or CutMix the labels are soft, float32 ``[B, num_classes]``.
     """
+    _release_iterators_at_exit()
     plan = draws.plan_training(x, y, info, batch_size, seed, first_epoch, num_epochs, shards, num_shards, augment)
     if plan.augment.active:
         return _numpy_batches(plan)
@@ -156,6 +184,7 @@ def make_eval_dataset(x, y, batch_size) -> tf.data.Dataset:
     Returns:
         A dataset of ``(float32 [B, H, W, C] on 0-255, int32 [B])``.
     """
+    _release_iterators_at_exit()
     x, y = check_xy(x, y)
     n = len(x)
     batch_size = check_batch_size(batch_size)
