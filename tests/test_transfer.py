@@ -178,6 +178,19 @@ def test_train_init_from_trains_the_head_alone_first_then_everything(source, tmp
     assert record["init_from"]["initialised"] == [] and record["init_from"]["resized"] == []
 
 
+@pytest.mark.slow  # minutes: `make soak`
+@pytest.mark.parametrize("epochs,freeze", [(3, 2), (2, 1)], ids=["killed-frozen", "killed-unfrozen"])
+def test_a_fine_tuning_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(source, tmp_path, epochs, freeze):
+    """SIGKILLed inside epoch 2 (frozen, or the first unfrozen one), resumed: the uninterrupted run's history and weights."""
+    from test_backends import cli
+    from test_recipe import resumes_exactly
+
+    args = [*TINY, "--epochs", str(epochs), "--init-from", str(source), "--freeze-epochs", str(freeze)]
+    whole = tmp_path / "whole"
+    assert cli("tensorflow", "train", *args, "-o", str(whole)).returncode == 0
+    resumes_exactly("tensorflow", args, whole, tmp_path / "killed")
+
+
 @pytest.mark.heavy
 def test_freezing_on_jax_is_refused_in_one_line_before_anything_runs():
     """Keras' JAX trainer hands the optimizer all the weights it was built with or none: freezing is refused there."""
