@@ -27,6 +27,24 @@ def onednn_enabled():
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def release_iterators():
+    """Free the resource of every live tf.data iterator (at exit, while Python can still run).
+
+    An iterator alive at exit is otherwise freed during interpreter
+    finalization, when TensorFlow waits for its in-flight ``numpy_function``
+    calls without releasing the GIL they need: the process hangs after its
+    last line. Why private: an iterator has no public close; its resource is
+    `_iterator_resource`, and the iterators are those `gc` still tracks.
+    """
+    import gc
+
+    import tensorflow as tf
+
+    for obj in gc.get_objects():
+        if isinstance(obj, tf.data.Iterator) and hasattr(obj, "_iterator_resource"):
+            del obj._iterator_resource
+
+
 def freeze_variables(concrete_function):
     """The function with its variables folded into constants (an inference-only graph for the converters).
 
@@ -277,6 +295,7 @@ def _lookups():
     import keras_tuner
     from tensorflow.python.distribute import collective_all_reduce_strategy, mirrored_strategy
     from tensorflow.python.framework import convert_to_constants
+    import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port, deprecation
 
     trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
@@ -301,6 +320,7 @@ def _lookups():
         (keras.optimizers.Optimizer, "_get_variable_index"), (keras.optimizers.SGD(), "_iterations"),
         (keras.optimizers.Optimizer, "_update_model_variables_moving_average"),
         (keras.optimizers.Optimizer, "_all_reduce_sum_gradients"), (keras.layers.Layer, "_flatten_layers"),
+        (iter(tf.data.Dataset.range(1)), "_iterator_resource"),
     ]
     return [(f"{getattr(owner, '__name__', type(owner).__name__)}.{name}", hasattr(owner, name))
             for owner, name in attributes]

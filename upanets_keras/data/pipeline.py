@@ -7,36 +7,23 @@ Images stay uint8 until a batch is gathered; batches are float32 on the
 from __future__ import annotations
 
 import atexit
-import gc
+import functools
 
 import tensorflow as tf
 
+from upanets_keras import compat
 from upanets_keras.data import draws
 from upanets_keras.data.draws import check_batch_size, check_xy
 
 
-def _release_iterators():
-    """Free every live tf.data iterator while the interpreter can still run Python.
-
-    Our pipelines call numpy (``numpy_function``) from tf.data threads. An
-    iterator still alive at exit (a script's module-level ``iter(dataset)``)
-    is otherwise freed during interpreter finalization, when TensorFlow waits
-    for its in-flight numpy calls without releasing the GIL they need: the
-    process hangs after its last line.
-    """
-    for obj in gc.get_objects():
-        if isinstance(obj, tf.data.Iterator) and hasattr(obj, "_iterator_resource"):
-            del obj._iterator_resource
-
-
+@functools.cache
 def _release_iterators_at_exit():
-    """Register `_release_iterators` once, when this process first builds a pipeline."""
-    if not _release_iterators_at_exit.done:
-        atexit.register(_release_iterators)
-        _release_iterators_at_exit.done = True
+    """Register `compat.release_iterators` at exit once, when this process first builds a pipeline.
 
-
-_release_iterators_at_exit.done = False
+    Our pipelines call numpy from tf.data threads; an iterator left alive at
+    exit would otherwise hang the process (see `compat.release_iterators`).
+    """
+    atexit.register(compat.release_iterators)
 
 
 def _image_gatherer(x):
