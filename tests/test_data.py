@@ -610,6 +610,7 @@ print("done")
 """
 
 
+@pytest.mark.heavy  # a TensorFlow subprocess
 def test_a_process_with_live_iterators_exits():
     """Iterators alive at exit are freed before finalization (TensorFlow otherwise hangs on in-flight numpy calls)."""
     proc = subprocess.run([sys.executable, "-c", EXIT_WITH_LIVE_ITERATOR], capture_output=True, text=True,
