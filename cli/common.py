@@ -32,6 +32,7 @@ def load_light(module):
 
 runtime = load_light("runtime")  # first: oneDNN settings precede TensorFlow
 defaults = load_light("defaults")
+determinism = load_light("determinism")
 RECIPE = defaults.RECIPE
 
 
@@ -186,6 +187,22 @@ def cache_options(command):
         "--cache", type=click.Choice(CACHE_MODES), default="auto", show_default=True,
         help="Decoded images in memory, or in a memory-mapped file per split on disk (decoded once, reused by "
              "later runs; for datasets bigger than memory). auto: memory while they fit a quarter of the RAM.",
+    )(command)
+
+
+def _prepare_determinism(ctx, param, value):
+    determinism.prepare_environment(value)  # XLA's and cuBLAS' settings must precede the backend's start
+    return value
+
+
+def deterministic_option(command):
+    """`--deterministic`: bit-exact runs (see upanets_keras.determinism); GPU flags are set as it is parsed."""
+    return click.option(
+        "--deterministic", type=click.Choice(defaults.DETERMINISM), default="auto", show_default=True,
+        callback=_prepare_determinism,
+        help="Repeat a run bit for bit. auto: on a CPU (TensorFlow runs one op at a time; JAX and PyTorch are "
+             "exact there by themselves); on: on a GPU too, with the deterministic kernels (slower); off: "
+             "TensorFlow runs independent ops side by side (runs differ in the last bits).",
     )(command)
 
 

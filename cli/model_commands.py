@@ -6,7 +6,7 @@ import click
 
 from upanets_keras_cli.common import (
     DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, load_light,
-    user_errors,
+    deterministic_option, user_errors,
 )
 
 NORMALIZATIONS = defaults.NORMALIZATIONS
@@ -140,6 +140,7 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8))
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
 @click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@deterministic_option
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed repetitions of each measurement (the median is reported).")
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls first (tracing, compilation).")
 @click.option("--cache", type=click.Choice(["memory", "disk"]), default="memory", show_default=True,

@@ -4,7 +4,7 @@ import click
 
 from upanets_keras_cli.common import (
     BATCH_MODES, DATASETS, JIT_CHOICES, LR_SCALINGS, PRECISIONS, RECIPE, STRATEGIES, VARIANT_NAMES, FiniteFloatRange,
-    cache_options, defaults, load_config_file, user_errors,
+    cache_options, defaults, deterministic_option, load_config_file, user_errors,
 )
 
 
@@ -33,6 +33,7 @@ def recipe_defaults(field):
 @click.option("--seed", default=RECIPE["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
 @click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
+@deterministic_option
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), help="Run directory [default: runs/DATASET-upanetsF].")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto", show_default=True,
               help="tf.distribute strategy. auto: mirrored when more than one GPU is visible, else one device; "
@@ -145,6 +146,7 @@ SPACE_HELP = "choices a,b,c or a range MIN:MAX"
 @click.option("--seed", default=RECIPE["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True)
+@deterministic_option
 @click.option("--directory", default=defaults.TUNE["directory"], show_default=True, type=click.Path(file_okay=False), help="Folder of tuning projects (shared by all machines of a distributed search).")
 @click.option("--project-name", help="Project folder inside --directory [default: the dataset name].")
 @click.option("--overwrite", is_flag=True, help="Start the search over, deleting the project's trials.")

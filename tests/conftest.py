@@ -3,6 +3,9 @@ import os
 import tempfile  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow one op at a time in this process too (its tests train in-process after TensorFlow started,
+# too late for `determinism.apply` to set it), so in-process runs are bit-exact like the command's.
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 # Disk caches of the tests (and of the commands they start) never land in the user's ~/.cache.
 os.environ.setdefault("UPANETS_CACHE_DIR", tempfile.mkdtemp(prefix="upanets-test-cache-"))
 # XLA's CPU code generation without LLVM optimisation: the tests check what an XLA run computes and

@@ -8,7 +8,7 @@ import time
 import keras
 import numpy as np
 
-from upanets_keras import backend, runtime
+from upanets_keras import backend, determinism, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.data.inputs import uses_tf_data
 from upanets_keras.defaults import CIFAR_MEAN, CIFAR_STD
@@ -181,6 +181,7 @@ def run_benchmark(
     image_size=32,
     precision="auto",
     jit_compile="auto",
+    deterministic="auto",
     steps=10,
     warmup=2,
     seed=0,
@@ -205,6 +206,7 @@ def run_benchmark(
         image_size: input side (a multiple of 8).
         precision: `auto` (mixed_float16 on a GPU, float32 on the CPU) or a policy name.
         jit_compile: `auto` (XLA on a GPU only), `on` or `off`.
+        deterministic: `auto`, `on` or `off`, as `train` takes it (see `upanets_keras.determinism`).
         steps: timed repetitions of each measurement.
         warmup: untimed calls before timing.
         seed: seed of the weights and the synthetic data.
@@ -235,6 +237,7 @@ def run_benchmark(
     if exported and backend.name() != "tensorflow":
         raise backend.BackendError("timing exported artifacts needs the TensorFlow backend (export writes them with "
                                    f"TensorFlow): run it with --backend tensorflow. Received: exported={exported}")
+    exact = determinism.apply(deterministic)  # before the first op, as in train
     model, x, y, policy, jit = prepare_model(
         filters, blocks, num_classes, batch_size, image_size, precision, jit_compile, seed, variant
     )
@@ -258,6 +261,7 @@ def run_benchmark(
         "batch_size": batch_size,
         "precision": policy,
         "jit_compile": jit,
+        "deterministic": exact,
         "steps": steps,
         "warmup": warmup,
         "input_cache": cache,
@@ -287,7 +291,8 @@ def format_report(figures):
     lines = [
         f"UPANets {m['name']} (filters {m['filters']}, blocks {m['blocks']}, {m['parameters']:,} parameters), "
         f"batch {figures['batch_size']}, {m['image_size']}x{m['image_size']}, {m['num_classes']} classes",
-        f"precision {figures['precision']}, XLA {'on' if figures['jit_compile'] else 'off'}; "
+        f"precision {figures['precision']}, XLA {'on' if figures['jit_compile'] else 'off'}, "
+        f"deterministic {figures['deterministic']['mode']} (bit-exact: {figures['deterministic']['bit_exact']}); "
         f"median of {figures['steps']} timings after {figures['warmup']} warm-up calls",
         "",
         f"{'measurement':<40}{'images/s':>10}",

@@ -48,6 +48,8 @@ DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "folder", "digits", "imagene
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "on", "off")
+# Bit-exact runs (upanets_keras/determinism.py): auto on the CPU, on with the GPUs' deterministic kernels too.
+DETERMINISM = ("auto", "on", "off")
 CACHE_MODES = ("auto", "memory", "disk")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 BATCH_MODES = ("global", "per-replica")

@@ -12,7 +12,7 @@ import os
 
 import keras
 
-from upanets_keras import backend, faults, runtime
+from upanets_keras import backend, determinism, faults, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.distribute import Distribution
 from upanets_keras.distribute.cluster import lost_contact_error
@@ -63,6 +63,7 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False):
     >>> train(TrainConfig(dataset="digits", filters=8, epochs=8, output_dir="runs/d"))  # doctest: +SKIP
     """
     config = config.resolved()
+    exact = determinism.apply(config.deterministic, echo)  # before the first TensorFlow op
     distribution = Distribution.start(config)  # first: multi-worker collectives precede other TensorFlow work
     distribution.check_recipe(config)
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
@@ -76,7 +77,7 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False):
         model = build_and_compile(config, distribution, splits, echo)
         init = initialise(config, model, source, echo)
         if distribution.is_chief:
-            record_config(config, distribution, run, splits, init)
+            record_config(config, distribution, run, splits, init, exact)
         throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose)
         checks = distribution.finish(model, echo)
         if not distribution.is_chief:
@@ -152,8 +153,10 @@ def initialise(config, model, source, echo):
     return report.to_dict()
 
 
-def record_config(config, distribution, run, splits, init=None):
+def record_config(config, distribution, run, splits, init=None, exact=None):
     """`config.json`: the resolved run, precision, batch, dataset, versions, runtime and devices.
+
+    `exact` is what `determinism.apply` found holds (saved as `deterministic`).
 
     With `--init-from`, `init_from` is what was loaded, resized and initialised (a resumed
     run keeps the first start's record).
@@ -168,6 +171,8 @@ def record_config(config, distribution, run, splits, init=None):
                "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
                "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
                "devices": backend.devices()}
+    if exact is not None:
+        payload["deterministic"] = exact
     if distribution.replicated:
         payload["distribution"] = distribution.summary()
     if init is not None:

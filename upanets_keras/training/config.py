@@ -38,6 +38,8 @@ class TrainConfig:
     test scores use it), `mixup`/`cutmix` (Beta alphas; soft labels), `randaugment`
     (rand-m9-n2), `clip_grad_norm` (global norm), `grad_accum_steps` (batches per
     update). `recipe` fills the ones left None (`defaults.RECIPES`), label smoothing too.
+    `deterministic` (auto, on, off; see `upanets_keras.determinism`): auto repeats a
+    run bit for bit on a CPU, on also on a GPU (slower kernels).
 
     Example:
     >>> config = TrainConfig(dataset="digits", filters=8, epochs=8).resolved()
@@ -47,7 +49,7 @@ class TrainConfig:
 
     # Fields a resumed run may change: where it runs and caches, not what it computes
     # (the global batch and learning rate they lead to are compared instead).
-    NOT_IDENTITY = ("output_dir", "strategy", "cache", "cache_dir")
+    NOT_IDENTITY = ("output_dir", "strategy", "cache", "cache_dir", "deterministic")
 
     dataset: str = defaults.DATASET
     data_dir: str = None
@@ -66,6 +68,7 @@ class TrainConfig:
     seed: int = RECIPE["seed"]
     precision: str = "auto"
     jit_compile: str = "auto"
+    deterministic: str = "auto"
     output_dir: str = None
     strategy: str = "auto"
     batch_mode: str = "global"
@@ -113,7 +116,8 @@ class TrainConfig:
              "every epoch)"),
         ]
         choices = {"dataset": defaults.DATASETS, "precision": defaults.PRECISIONS,
-                   "jit_compile": defaults.JIT_CHOICES, "strategy": defaults.STRATEGIES,
+                   "jit_compile": defaults.JIT_CHOICES, "deterministic": defaults.DETERMINISM,
+                   "strategy": defaults.STRATEGIES,
                    "batch_mode": defaults.BATCH_MODES, "lr_scaling": defaults.LR_SCALINGS,
                    "cache": defaults.CACHE_MODES}
         checks += [(field, getattr(config, field) in allowed, f"one of {allowed}") for field, allowed in choices.items()]

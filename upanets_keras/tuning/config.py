@@ -7,7 +7,7 @@ Example:
 
 import dataclasses
 
-from upanets_keras.defaults import CACHE_MODES, DATASET, OBJECTIVES, RECIPE, TRIAL_STRATEGIES, TUNE, TUNERS
+from upanets_keras.defaults import CACHE_MODES, DATASET, DETERMINISM, OBJECTIVES, RECIPE, TRIAL_STRATEGIES, TUNE, TUNERS
 from upanets_keras.errors import ConfigError
 from upanets_keras.tuning.space import SearchSpace
 
@@ -23,7 +23,7 @@ class TuneConfig:
     # retraining, and the per-machine settings that differ between the machines of a distributed
     # search. Every other field must match the saved search, else its trials would not compare.
     NOT_IDENTITY = ("data_dir", "max_trials", "final_epochs", "jit_compile", "directory", "project_name",
-                    "connect_timeout", "strategy", "cache", "cache_dir")
+                    "connect_timeout", "strategy", "cache", "cache_dir", "deterministic")
 
     dataset: str = DATASET
     data_dir: str = None
@@ -40,6 +40,7 @@ class TuneConfig:
     seed: int = RECIPE["seed"]
     precision: str = "auto"
     jit_compile: str = "auto"
+    deterministic: str = "auto"
     directory: str = TUNE["directory"]
     project_name: str = None
     connect_timeout: float = TUNE["connect_timeout"]
@@ -51,7 +52,8 @@ class TuneConfig:
         """A checked copy: the space normalised, the project named after the dataset, `final_epochs` set."""
         config = dataclasses.replace(self)
         choices = [("tuner", TUNERS, "unknown tuner"), ("objective", OBJECTIVES, "unknown objective"),
-                   ("cache", CACHE_MODES, "unknown cache mode")]
+                   ("cache", CACHE_MODES, "unknown cache mode"),
+                   ("deterministic", DETERMINISM, "unknown determinism mode")]
         for field, allowed, what in choices:
             if getattr(config, field) not in allowed:
                 raise TuningError(f"{what}; choose one of {', '.join(allowed)}. Received: {field}="

@@ -10,7 +10,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from upanets_keras import compat
+from upanets_keras import compat, determinism
 from upanets_keras import data as data_lib
 from upanets_keras.defaults import OBJECTIVES
 from upanets_keras.files import atomic_write, resumable_when_disk_full
@@ -152,6 +152,7 @@ def tune(config, overwrite=False, echo=print):
     >>> tune(TuneConfig(dataset="digits", max_trials=8, epochs=5))  # doctest: +SKIP
     """
     config = config.resolved()
+    determinism.apply(config.deterministic, echo)  # the final retraining runs in this process
     role = distributed_role()
     splits, hypermodel, pairs = prepare_data(config)
     config.image_size = splits.info.image_size

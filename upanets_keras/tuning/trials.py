@@ -10,7 +10,7 @@ import time
 import keras
 import keras_tuner
 
-from upanets_keras import compat
+from upanets_keras import compat, determinism
 from upanets_keras.tuning.config import TuneConfig
 from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
 
@@ -139,6 +139,7 @@ def run_trial_process(spec):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     config = TuneConfig(**spec["config"])
+    determinism.apply(config.deterministic)  # before the first TensorFlow op
     distribution = trial_distribution(config)  # before other TensorFlow work
     splits, hypermodel, _ = prepare_data(config)
     model, hp = prepared_model(distribution, hypermodel, spec["values"])
