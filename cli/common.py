@@ -4,9 +4,7 @@ import functools
 import importlib.util
 import math
 import os
-import re
 import sys
-import tempfile
 
 import click
 
@@ -33,21 +31,9 @@ def load_light(module):
 runtime = load_light("runtime")  # first: oneDNN settings precede TensorFlow
 defaults = load_light("defaults")
 determinism = load_light("determinism")
+quiet = load_light("quiet")  # TensorFlow's and LiteRT's C++ chatter, hidden unless --verbose
 RECIPE = defaults.RECIPE
-
-
-VERBOSE_ENV = "UPANETS_VERBOSE"
-# TensorFlow's C++ start-up lines, printed before its logging is configured
-# (so TF_CPP_MIN_LOG_LEVEL cannot hide them): absl's notice, CUDA probing, oneDNN's notice.
-STARTUP_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IW]\d{4} [\d:. ]+\d+ (port|cudart_stub|cuda_\w+|gpu_\w+)\.cc:\d+\] .*)$"
-)
-
-
-def verbose_requested():
-    """`--verbose`, UPANETS_VERBOSE=1 or the user's own TF_CPP_MIN_LOG_LEVEL: show TensorFlow's own output."""
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0") or "TF_CPP_MIN_LOG_LEVEL" in os.environ
+VERBOSE_ENV, STARTUP_NOISE, verbose_requested = quiet.VERBOSE_ENV, quiet.STARTUP_NOISE, quiet.verbose_requested
 
 
 BACKENDS = defaults.BACKENDS
@@ -94,24 +80,16 @@ def select_backend(name=None):
 
 
 def quiet_tensorflow():
-    """Import TensorFlow with its C++ start-up noise hidden; anything else it prints still shows."""
-    if "tensorflow" in sys.modules or verbose_requested() or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    """Import TensorFlow with its C++ start-up noise hidden; anything else it prints still shows.
+
+    Unless --verbose (or the user's TF_CPP_MIN_LOG_LEVEL), UPANETS_VERBOSE=0 is
+    set too, so the processes this one starts (tune's trials) stay quiet alike.
+    """
+    if verbose_requested():
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    with tempfile.TemporaryFile() as captured:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines()
-            for line in lines:
-                if line.strip() and not STARTUP_NOISE.match(line):
-                    click.echo(line, err=True)
+    os.environ[VERBOSE_ENV] = "0"
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        quiet.import_tensorflow_quietly()
 
 
 def is_user_error(error):
@@ -203,6 +181,15 @@ def deterministic_option(command):
         help="Repeat a run bit for bit. auto: on a CPU (TensorFlow runs one op at a time; JAX and PyTorch are "
              "exact there by themselves); on: on a GPU too, with the deterministic kernels (slower); off: "
              "TensorFlow runs independent ops side by side (runs differ in the last bits).",
+    )(command)
+
+
+def log_every_option(command):
+    """`--log-every`: progress lines within an epoch when the output is not a terminal (train, tune)."""
+    return click.option(
+        "--log-every", default=defaults.LOG_EVERY, show_default=True, type=FiniteFloatRange(min=0), metavar="SECONDS",
+        help="When the output is not a terminal (a log file, CI): a progress line every SECONDS within an epoch "
+             "(step, images/s, the epoch's ETA); 0: none. On a terminal a bar shows instead.",
     )(command)
 
 

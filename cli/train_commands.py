@@ -4,7 +4,7 @@ import click
 
 from upanets_keras_cli.common import (
     BATCH_MODES, DATASETS, JIT_CHOICES, LR_SCALINGS, PRECISIONS, RECIPE, STRATEGIES, VARIANT_NAMES, FiniteFloatRange,
-    cache_options, defaults, deterministic_option, load_config_file, user_errors,
+    cache_options, defaults, deterministic_option, load_config_file, log_every_option, user_errors,
 )
 
 
@@ -64,9 +64,10 @@ def recipe_defaults(field):
 @click.option("--grad-accum-steps", type=click.IntRange(min=1), help=f"Average the gradients of this many batches into one update [default: {recipe_defaults('grad_accum_steps')}].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
 @click.option("--extend", is_flag=True, help="Continue the run in --output-dir (finished or not) to a larger --epochs; the cosine schedule becomes the longer run's.")
+@log_every_option
 @cache_options
 @user_errors
-def train(overwrite, extend, **options):
+def train(overwrite, extend, log_every, **options):
     """Train UPANets with the paper's recipe; resumable.
 
     Defaults are the paper's: batch 100, SGD lr 0.1, momentum 0.9, weight
@@ -92,7 +93,7 @@ def train(overwrite, extend, **options):
     from upanets_keras.training import TrainConfig, train as run_training
 
     config = TrainConfig(**options).resolved()
-    metrics = run_training(config, overwrite=overwrite, echo=click.echo, extend=extend)
+    metrics = run_training(config, overwrite=overwrite, echo=click.echo, extend=extend, log_every=log_every)
     if not metrics.get("chief", True):
         click.echo(f"worker {metrics['rank']} done; the chief writes the results in {config.output_dir}")
         return
@@ -154,9 +155,11 @@ SPACE_HELP = "choices a,b,c or a range MIN:MAX"
 @click.option("--strategy", type=click.Choice(defaults.TRIAL_STRATEGIES), default="auto", show_default=True,
               help="tf.distribute strategy of each trial. auto: mirrored when more than one GPU is visible; "
                    "--batch-size is then the global batch, split over the GPUs.")
+@log_every_option
 @cache_options
 @user_errors
-def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothing, search_space, **options):
+def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothing, search_space, log_every,
+         **options):
     """Search width and depth (and optionally the recipe) with keras-tuner.
 
     Prints one line per finished trial, then a table of all trials (also
@@ -178,4 +181,4 @@ def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothin
     for name, text in given.items():
         if text is not None:
             space[name] = parse_option(name, text)
-    run_search(TuneConfig(search_space=space, **options), overwrite=overwrite, echo=click.echo)
+    run_search(TuneConfig(search_space=space, **options), overwrite=overwrite, echo=click.echo, log_every=log_every)

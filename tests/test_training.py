@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -29,11 +30,11 @@ def epochs_in(history):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny run through the CLI, options from a YAML --config file."""
+    """One tiny run through the CLI, options from a YAML --config file; its output is a log (not a terminal)."""
     out = tmp_path_factory.mktemp("run") / "digits"
     config = out.parent / "options.yaml"
     config.write_text("dataset: digits\nfilters: 4\nimage-size: 16\nbatch_size: 64\nepochs: 2\n")
-    result = run("train", "--config", config, "--seed", 3, "-o", out)
+    result = run("train", "--config", config, "--seed", 3, "-o", out, "--log-every", 0.01)
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -42,6 +43,14 @@ def trained(tmp_path_factory):
 def test_train_writes_the_run_directory(trained):
     out, output = trained
     assert "epoch 1/2" in output and "epoch 2/2" in output and "test accuracy" in output
+    # A log gets a line every --log-every seconds within an epoch, and each epoch's line ends with the run's ETA.
+    lines = output.splitlines()
+    periodic = [line for line in lines if re.match(r"epoch 2/2  step \d+/20  \d+ img/s  epoch ETA \d+s  loss ", line)]
+    assert len(periodic) >= 3, output
+    epoch_line = re.compile(r"epoch \d/2  loss .*  lr 0\.\d{5}  \d+\.\ds  run ETA (\d+m)?\d+s$")
+    epoch_lines = [line for line in lines if epoch_line.match(line)]
+    assert len(epoch_lines) == 2 and epoch_lines[1].endswith("run ETA 0s"), output
+    assert "\r" not in output and "top5" not in output  # no bar, no Keras progress
     for name in ["config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json"]:
         assert (out / name).is_file(), name
     assert any((out / "logs").rglob("*tfevents*"))

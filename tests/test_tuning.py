@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,12 +145,19 @@ def test_oracle_draws_only_allowed_configurations(name, tmp_path):
 
 
 @pytest.mark.heavy
-def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path):
+def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, monkeypatch):
+    # As from a user's shell: a TF_CPP_MIN_LOG_LEVEL of one's own would ask for TensorFlow's output.
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("UPANETS_VERBOSE", "")  # unset, and unset again after the test (the command sets it)
     budget = parameter_count(8, 1, 10, 16)  # allows filters 4 and 8, not 12
     args = ["tune", *TINY, "--filters", "4,8,12", "--max-params", budget, "--max-trials", 3,
             "--objective", "efficiency", "--directory", tmp_path, "--project-name", "p"]
     result = run(*args)
     assert result.exit_code == 0, result.output
+    trials = capfd.readouterr()  # what the trial processes wrote to the terminal
+    noise = [line for line in trials.err.splitlines() if re.search(r"absl|oneDNN|cuda|cpu_feature_guard", line)]
+    assert not noise, trials.err
+    assert len(re.findall(r"^trial \d+ epoch 1/1  loss .*  val_acc .*  trial ETA 0s$", trials.out, re.M)) == 2, trials
     project = tmp_path / "p"
     assert "2 architectures allowed" in result.output and "stops after 2 trials" in result.output
     assert result.output.count(" done: ") == 2

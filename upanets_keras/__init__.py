@@ -10,6 +10,9 @@ Example:
 __version__ = "0.1.0"
 
 from upanets_keras import runtime  # noqa: E402,F401  (first: sets oneDNN up before TensorFlow loads)
+from upanets_keras import quiet  # noqa: E402
+
+quiet.start_quietly()  # before Keras: a process the CLI started (tune's trials) imports TensorFlow quietly
 from upanets_keras import backend  # noqa: E402
 
 from upanets_keras.layers import (  # noqa: E402

@@ -18,6 +18,7 @@ import numpy as np
 
 from upanets_keras.errors import UPANetsError
 from upanets_keras.formats import EXTRA_HINT, labels_path
+from upanets_keras.quiet import native_output_filtered
 from upanets_keras.runtime import available_cpus
 
 
@@ -96,7 +97,8 @@ class _LiteRTRunner(_Runner):
     def _run(self, x):
         if self._batch != len(x):
             self._interpreter.resize_tensor_input(self._input["index"], [len(x), *self._input["shape"][1:]])
-            self._interpreter.allocate_tensors()
+            with native_output_filtered():  # the XNNPACK delegate announces itself here
+                self._interpreter.allocate_tensors()
             self._batch = len(x)
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()

@@ -58,6 +58,9 @@ BACKENDS = ("tensorflow", "jax", "torch")
 # Test-time augmentation of `evaluate` and `predict`: flip also runs each image mirrored left-right.
 TTA_MODES = ("none", "flip")
 
+# Seconds between the progress lines of an epoch when the output is not a terminal (train/tune --log-every).
+LOG_EVERY = 30.0
+
 # RandAugment as timm's `rand-m9-n2`: two ops an image, each applied with probability 0.5, magnitude 9 of 10.
 RANDAUGMENT = {"num_ops": 2, "magnitude": 9, "prob": 0.5}
 

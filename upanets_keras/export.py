@@ -15,6 +15,7 @@ Example:
 
 import os
 import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from upanets_keras.errors import UPANetsError
 from upanets_keras.formats import EXTRA_HINT, FORMATS, labels_path  # noqa: F401 (re-exported)
+from upanets_keras.quiet import native_output_filtered
 
 QUANTIZATIONS = ("float16", "int8")
 ONNX_OPSET = 17
@@ -107,7 +109,10 @@ def _litert_bytes(model, quantize, calibration):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([images[i:i + 1]] for i in range(len(images)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with warnings.catch_warnings():
+        # Input statistics matter only for integer inputs; the artifact takes float32 pixels.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def _onnx_bytes(model):
@@ -137,7 +142,7 @@ def write_artifact(model, path, format, quantize=None, calibration=None):
     if format == "saved_model":
         _write_saved_model(model, path)
     else:
-        with compat.silence_deprecations():
+        with compat.silence_deprecations(), native_output_filtered():  # the converters' C++ notices
             data = _litert_bytes(model, quantize, calibration) if format == "litert" else _onnx_bytes(model)
         with open(path, "wb") as f:
             f.write(data)

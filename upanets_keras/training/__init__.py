@@ -22,25 +22,25 @@ from upanets_keras.training.backup import EpochBackup, restore
 from upanets_keras.training.callbacks import (
     AtomicCheckpoint,
     AveragedWeights,
-    EpochSummary,
     HistoryLog,
     NaNGuard,
     Throughput,
     tensorboard_callback,
 )
 from upanets_keras.training.config import TrainConfig, TrainingError, resolve_jit, resolve_precision, versions
+from upanets_keras.training.progress import TrainingProgress, display_for
 from upanets_keras.training.recipe import augmentations, build_model, compile_for_training, fit, freeze_backbone
 from upanets_keras.training.run_dir import RunDirectory
 from upanets_keras.variants import count_parameters
 
 # What the rest of the package uses; everything else is imported from its module.
 __all__ = [
-    "EpochSummary", "Throughput", "TrainConfig", "TrainingError", "build_model", "compile_for_training", "fit",
+    "Throughput", "TrainConfig", "TrainingError", "TrainingProgress", "build_model", "compile_for_training", "fit",
     "resolve_jit", "resolve_precision", "train", "versions",
 ]
 
 
-def train(config, overwrite=False, echo=print, verbose=None, extend=False):
+def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_every=None):
     """Train UPANets; resumable, writing the run directory.
 
     Re-running the same configuration into the same `output_dir` resumes from
@@ -51,10 +51,13 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False):
     Args:
         config: a `TrainConfig`.
         overwrite: replace a finished or different run in `output_dir`.
-        echo: where one-line messages go.
-        verbose: Keras progress output (default: bars on a terminal, else none).
+        echo: where one-line messages go, the line of each epoch included (it ends with the run's ETA).
+        verbose: what shows within an epoch (`TrainingProgress`): None (default) a bar on
+            a terminal (stdout), else a line every `log_every` seconds; 0 nothing; 1 the bar;
+            2 the lines.
         extend: continue the run in `output_dir`, finished or not, to more `epochs`
             (the cosine schedule becomes that of the longer run from the next epoch on).
+        log_every: seconds between those lines (default `defaults.LOG_EVERY`; 0: none).
 
     Returns:
         The `metrics.json` dict (on a non-chief worker: its role and weights digest).
@@ -78,7 +81,7 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False):
         init = initialise(config, model, source, echo)
         if distribution.is_chief:
             record_config(config, distribution, run, splits, init, exact)
-        throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose)
+        throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every)
         checks = distribution.finish(model, echo)
         if not distribution.is_chief:
             run.remove()  # its backup; nothing else is kept
@@ -205,7 +208,7 @@ def build_and_compile(config, distribution, splits, echo):
     return model
 
 
-def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose):
+def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every=None):
     """Load the newest state that loads, then fit the remaining epochs with the run's callbacks.
 
     Returns:
@@ -232,9 +235,10 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
             HistoryLog(run.append_history),
             tensorboard_callback(run.file("logs")),
         ]
+    progress = TrainingProgress(config.epochs, steps, distribution.global_batch, echo, display_for(verbose), log_every)
     callbacks += [
         throughput,
-        EpochSummary(config.epochs, steps, echo),
+        progress,
         *faults.callbacks(),
         EpochBackup(run.backups),  # last: an epoch counts as done once its backup is written
     ]
@@ -253,8 +257,7 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
             train_ds = distribution.train_dataset(*splits.train, info, config.seed, start,
                                                   augmentations(config, info.num_classes))
             with distribution.fit_scope():
-                fit(model, train_ds, end, steps, validation_data=val_ds, callbacks=callbacks,
-                    initial_epoch=start, verbose=(1 if os.isatty(1) else 0) if verbose is None else verbose)
+                fit(model, train_ds, end, steps, validation_data=val_ds, callbacks=callbacks, initial_epoch=start)
     except KeyboardInterrupt:
         raise TrainingError(
             f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"
@@ -264,6 +267,8 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
         if failure is None:
             raise
         raise failure from None
+    finally:
+        progress.close()  # the bar off its line before any message
     return throughput
 
 

@@ -1,4 +1,4 @@
-"""The callbacks of a training run: checkpoints, history, NaN guard, throughput, one line per epoch."""
+"""The callbacks of a training run: checkpoints, history, NaN guard, throughput, TensorBoard (progress: progress.py)."""
 
 import contextlib
 import math
@@ -113,32 +113,6 @@ class Throughput(keras.callbacks.Callback):
     def images_per_second(self):
         times = self.times[1:] if len(self.times) > 1 else self.times
         return self.images_per_epoch * len(times) / sum(times) if times else None
-
-
-# Not fit(verbose=2) or keras.utils.Progbar: they print to stdout without the learning rate; `echo` is the caller's.
-class EpochSummary(keras.callbacks.Callback):
-    """One line per epoch, for logs and terminals without progress bars."""
-
-    def __init__(self, epochs, steps_per_epoch, echo):
-        super().__init__()
-        self.epochs, self.steps, self.echo = epochs, steps_per_epoch, echo
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-        # The rate of this epoch: the schedule at the epoch's first step.
-        self.lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        val = (
-            f"val_loss {logs['val_loss']:.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
-            if "val_loss" in logs else ""  # no validation when retraining on train+validation
-        )
-        self.echo(
-            f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
-            f"acc {logs.get('accuracy', float('nan')):.4f}  {val}lr {self.lr:.5f}  "
-            f"{time.perf_counter() - self.start:.1f}s"
-        )
 
 
 class EpochScalars(keras.callbacks.Callback):

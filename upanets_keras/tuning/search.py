@@ -16,7 +16,7 @@ from upanets_keras.defaults import OBJECTIVES
 from upanets_keras.files import atomic_write, resumable_when_disk_full
 from upanets_keras.run_lock import LOCK_NAME, RunLock
 from upanets_keras.saving import save_model_atomically
-from upanets_keras.training import EpochSummary, fit, versions
+from upanets_keras.training import TrainingProgress, fit, versions
 from upanets_keras.tuning.config import TuningError
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
 from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
@@ -89,7 +89,7 @@ def prepare_project(config, project_dir, role, overwrite, payload):
         write_json(path, payload)
 
 
-def retrain_best(config, hypermodel, values, splits, project_dir, echo):
+def retrain_best(config, hypermodel, values, splits, project_dir, echo, log_every=None):
     """Train the best configuration on train+validation; save `best.keras` and `metrics.json`."""
     x = data_lib.concatenate([splits.train[0], splits.val[0]])
     y = np.concatenate([splits.train[1], splits.val[1]])
@@ -103,8 +103,12 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo):
     distribution = trial_distribution(config)
     model, _ = prepared_model(distribution, final, values)
     train_ds, test_ds = trial_datasets(config, splits.info, (x, y), splits.test)
+    progress = TrainingProgress(config.final_epochs, steps, config.batch_size, echo, log_every=log_every)
     with distribution.fit_scope():
-        fit(model, train_ds, config.final_epochs, steps, callbacks=[EpochSummary(config.final_epochs, steps, echo)])
+        try:
+            fit(model, train_ds, config.final_epochs, steps, callbacks=[progress])
+        finally:
+            progress.close()
         test = model.evaluate(test_ds, verbose=0, return_dict=True)
     save_model_atomically(model, os.path.join(project_dir, "best.keras"))
     return {
@@ -117,7 +121,7 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo):
     }
 
 
-def _make_tuner(config, hypermodel, allowed, report):
+def _make_tuner(config, hypermodel, allowed, report, log_every=None):
     objective = keras_tuner.Objective(OBJECTIVES[config.objective], "max")
     epoch_budget = {"max_epochs": config.epochs} if config.tuner == "hyperband" else {}
     oracle = ORACLE_CLASSES[config.tuner](
@@ -127,11 +131,11 @@ def _make_tuner(config, hypermodel, allowed, report):
     compat.write_keras_tuner_state_atomically(atomic_write)
     tuner_class = UPANetsHyperband if config.tuner == "hyperband" else UPANetsTuner
     tuner = tuner_class(oracle=oracle, hypermodel=hypermodel, directory=config.directory,
-                        project_name=config.project_name, report=report, search_config=config)
+                        project_name=config.project_name, report=report, search_config=config, log_every=log_every)
     return tuner, oracle  # on a worker `tuner.oracle` is a client of the chief's oracle
 
 
-def tune(config, overwrite=False, echo=print):
+def tune(config, overwrite=False, echo=print, log_every=None):
     """Search width and depth (and optionally the recipe) with keras-tuner.
 
     Re-running the same search resumes it; in keras-tuner's distributed mode
@@ -142,7 +146,9 @@ def tune(config, overwrite=False, echo=print):
     Args:
         config: a `TuneConfig`.
         overwrite: start the search over.
-        echo: where one-line messages go.
+        echo: where one-line messages go (a trial's epoch lines go to its process's stdout).
+        log_every: seconds between the progress lines within an epoch when stdout is not a
+            terminal (default `defaults.LOG_EVERY`; 0: none); a terminal shows a bar.
 
     Returns:
         The `metrics.json` dict of the retrained best model (`None` on a worker).
@@ -160,10 +166,10 @@ def tune(config, overwrite=False, echo=print):
     # One search per project; a distributed search's workers share the chief's.
     lock = contextlib.nullcontext() if role == "worker" else RunLock(project_dir, "search", "--project-name")
     with lock, resumable_when_disk_full(project_dir):
-        return search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo)
+        return search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo, log_every)
 
 
-def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo):
+def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo, log_every=None):
     """The search in `project_dir` (held by this process), then the table and the best configuration retrained."""
     info, space = splits.info, hypermodel.search_space
     if role == "worker":
@@ -178,7 +184,7 @@ def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo
         row = trial_row(trial, seconds, names, info.num_classes, info.image_size)
         echo(f"trial {row['trial']} done: {format_row(row, names)}" + (f"  {memory}" if memory else ""))
 
-    tuner, oracle = _make_tuner(config, hypermodel, set(pairs), report)
+    tuner, oracle = _make_tuner(config, hypermodel, set(pairs), report, log_every)
     done = sum(t.status in ("COMPLETED", "FAILED") for t in oracle.trials.values())
     echo(
         f"Search ({config.tuner}, objective {config.objective}) of {space.describe()} on {info.name}: "
@@ -194,10 +200,10 @@ def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo
     if role == "worker":
         echo(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the search is done.")
         return None
-    return finish(config, tuner, hypermodel, splits, project_dir, names, echo)
+    return finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_every)
 
 
-def finish(config, tuner, hypermodel, splits, project_dir, names, echo):
+def finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_every=None):
     """The table of all trials, then the best configuration retrained (unless it already was)."""
     oracle = tuner.oracle
     info = splits.info
@@ -225,7 +231,7 @@ def finish(config, tuner, hypermodel, splits, project_dir, names, echo):
         return None
     echo(f"Retraining trial {best.trial_id} ({', '.join(f'{k}={v:g}' for k, v in values.items())}) "
          f"on train+validation for {config.final_epochs} epochs")
-    metrics = retrain_best(config, hypermodel, values, splits, project_dir, echo)
+    metrics = retrain_best(config, hypermodel, values, splits, project_dir, echo, log_every)
     metrics = {"trial": best.trial_id, "hyperparameters": values, "search_objective": config.objective,
                "search_score": best.score, **metrics}
     write_json(metrics_path, metrics)

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import keras
 import keras_tuner
 
 from upanets_keras import compat, determinism
+from upanets_keras.training import TrainingProgress
 from upanets_keras.tuning.config import TuneConfig
 from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
 
@@ -149,12 +151,19 @@ def run_trial_process(spec):
         json.dump(model.get_build_config(), f)
     train_ds, val_ds = trial_datasets(config, splits.info, splits.train, splits.val)
     objective = keras_tuner.Objective(spec["objective"], "max")
-    with distribution.fit_scope():
-        history = hypermodel.fit(
-            hp, model, train_ds, validation_data=val_ds, epochs=spec["epochs"], initial_epoch=spec["initial_epoch"],
-            steps_per_epoch=len(splits.train[0]) // config.batch_size,
-            callbacks=[compat.save_best_epoch_callback(objective, spec["checkpoint"])],
-        )
+    steps = len(splits.train[0]) // config.batch_size
+    # This process's own stdout (the search's echo cannot cross processes), flushed line by line.
+    progress = TrainingProgress(spec["epochs"], steps, config.batch_size, functools.partial(print, flush=True),
+                                log_every=spec["log_every"], prefix=f"trial {spec['trial_id']} ", scope="trial")
+    try:
+        with distribution.fit_scope():
+            history = hypermodel.fit(
+                hp, model, train_ds, validation_data=val_ds, epochs=spec["epochs"],
+                initial_epoch=spec["initial_epoch"], steps_per_epoch=steps,
+                callbacks=[compat.save_best_epoch_callback(objective, spec["checkpoint"]), progress],
+            )
+    finally:
+        progress.close()
     import resource
 
     return history.history, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -186,6 +195,8 @@ class _TrialProcesses:
             "checkpoint": checkpoint,
             "build_config": build_config,
             "parent": os.getpid(),
+            "trial_id": trial.trial_id,
+            "log_every": self.log_every,
         }
         os.makedirs(self.get_trial_dir(trial.trial_id), exist_ok=True)
         context = multiprocessing.get_context("spawn")
@@ -202,11 +213,13 @@ class _Configured:
         report: called as `report(trial, seconds, memory)` after each trial this process ran.
         search_config: the resolved `TuneConfig`; each trial then runs in a fresh process
             (`None`: in this process, as keras-tuner does).
+        log_every: seconds between a trial's progress lines off a terminal (`TrainingProgress`).
     """
 
-    def __init__(self, oracle, report=None, search_config=None, **kwargs):
+    def __init__(self, oracle, report=None, search_config=None, log_every=None, **kwargs):
         self.report = report
         self.search_config = search_config
+        self.log_every = log_every
         keras_tuner.Tuner.__init__(self, oracle=oracle, **kwargs)  # Hyperband's own would build an oracle
 
 

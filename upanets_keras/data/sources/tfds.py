@@ -77,7 +77,8 @@ def open_builder(name, tfds_name, data_dir, download, put_hint, download_host):
     kwargs = {"data_dir": os.fspath(data_dir)} if data_dir is not None else {}
     try:
         builder = tfds.builder(tfds_name, **kwargs)
-        prepared = builder.is_prepared()
+        # is_prepared() logs an absl warning about a version folder that does not exist (a first, offline run).
+        prepared = builder.data_path.exists() and builder.is_prepared()
     except Exception as err:  # tfds raises many types; report them uniformly
         raise DataError(f"tensorflow-datasets cannot open {name} ({err}): {put_hint}") from err
     if not prepared:
