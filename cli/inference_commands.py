@@ -69,7 +69,7 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-k", "--top-k", type=click.IntRange(min=1), help="Classes to list per image [default: 5, or all if fewer].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image (with --output: with --print).")
 @click.option("--output", type=click.Path(dir_okay=False),
               help="Write every image's result to this .csv or .json file (instead of printing it; see --print).")
 @click.option("--print", "print_all", is_flag=True, help="With --output, also print every image's result.")

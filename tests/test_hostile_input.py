@@ -182,6 +182,22 @@ def test_train_bad_input(tmp_path, case, setup, codes, words):
     assert not (tmp_path / "run").exists()  # a refused command leaves no run folder
 
 
+@pytest.mark.heavy  # a TensorFlow process
+def test_cifar10_offline_without_data_dir_is_one_line_within_seconds_and_leaves_no_run_folder(tmp_path):
+    """The download site unreachable (a dead proxy, wherever this runs) and tensorflow-datasets' own folder empty:
+    no retrying for minutes, no warning of tensorflow-datasets' own, no run folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "UPANETS_VERBOSE", "HTTPS_PROXY",
+                                                            "ALL_PROXY", "all_proxy")}
+    env.update(https_proxy="http://127.0.0.1:9", TFDS_DATA_DIR=str(tmp_path / "tfds"))
+    start = time.monotonic()
+    proc = subprocess.run(CLI + ["train", "--dataset", "cifar10", "--epochs", "1", "-o", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and time.monotonic() - start < 60, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: cifar10 not found") and "--data-dir" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
 def _one_image_class(tmp):
     make_folder(tmp / "ds")
     image(tmp / "ds" / "owl" / "only.png", seed=99)
