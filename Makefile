@@ -30,7 +30,7 @@ install: $(STAMP)
 # The main job, offline: train UPANets (f=8) on scikit-learn's handwritten digits, then score it.
 demo: $(BASE_STAMP)
 	$(BIN)/upanets-keras train --dataset digits --filters 8 --epochs 8 -o $(DEMO_DIR) --overwrite
-	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png
+	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png --overwrite
 
 # Two test processes: most of a test's time is single-threaded (process start-up, graph tracing),
 # so two overlap well on two cores. The slow tier (the kill soak and the other minutes-long tests:

@@ -126,17 +126,31 @@ def user_errors(func):
     return wrapper
 
 
-def check_output_path(path, overwrite):
-    """Refuse to replace an existing file unless asked; make its folder."""
+def check_output_path(path, overwrite, option="-o"):
+    """Before any work: refuse to replace an existing file unless asked, and a folder that cannot be written.
+
+    Nothing is created here: `output_folder` makes a missing folder when the file is
+    written, so a command refused on the way leaves none behind.
+    """
+    if os.path.isdir(path):
+        raise click.ClickException(f"{path} is a folder; {option} takes a file name")
     if os.path.exists(path) and not overwrite:
         raise click.ClickException(f"{path} already exists; pass --overwrite to replace it")
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise click.ClickException(f"cannot create output folder {folder}: {e.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise click.ClickException(f"output folder {folder} is not writable; choose another -o")
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise click.ClickException(
+            f"cannot create output folder {folder}: {existing} is a file; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.ClickException(f"output folder {existing} is not writable; choose another {option}")
+
+
+def output_folder(path):
+    """Make the folder of an output file checked by `check_output_path`; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -191,6 +205,18 @@ def log_every_option(command):
         help="When the output is not a terminal (a log file, CI): a progress line every SECONDS within an epoch "
              "(step, images/s, the epoch's ETA); 0: none. On a terminal a bar shows instead.",
     )(command)
+
+
+def augmentation_options(command):
+    """`--hflip` and `--crop-padding`: the paper's augmentation, each switchable (train and tune)."""
+    command = click.option(
+        "--crop-padding", type=click.IntRange(min=0), metavar="PIXELS",
+        help="Zero-pad every training image by PIXELS, then crop it back at a random offset; 0: off "
+             "[default: the dataset's, image size // 8: 4 at 32 px].")(command)
+    return click.option(
+        "--hflip", type=FiniteFloatRange(0, 1), metavar="P",
+        help=f"Flip each training image left-right with probability P (timm's --hflip); 0: off, for digits, text or "
+             f"anything whose orientation matters [default: the dataset's, {defaults.HFLIP} (digits: 0)].")(command)
 
 
 def tta_option(command):

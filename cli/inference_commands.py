@@ -3,7 +3,8 @@
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, MODEL_HELP, RECIPE, FiniteFloatRange, cache_options, check_output_path, tta_option, user_errors,
+    DATASETS, MODEL_HELP, RECIPE, FiniteFloatRange, cache_options, check_output_path, output_folder, tta_option,
+    user_errors,
 )
 
 
@@ -16,23 +17,28 @@ from upanets_keras_cli.common import (
 @click.option("--val-split", default=RECIPE["val_split"], show_default=True, type=FiniteFloatRange(0, 1, min_open=True, max_open=True), help="As in training, to rebuild the same validation split.")
 @click.option("--seed", default=RECIPE["seed"], show_default=True, type=int, help="As in training, to rebuild the same validation split.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the confusion matrix as a PNG here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --plot file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 @tta_option
 @cache_options
 @user_errors
-def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, as_json, tta, cache, cache_dir):
+def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, overwrite, as_json, tta, cache,
+             cache_dir):
     """Score a model on a dataset split: a .keras file or an exported artifact.
 
     MODEL is a .keras model, or what `export` wrote (.tflite, .onnx or a
     SavedModel folder), run by its own runtime, so the accuracy of what will
-    be deployed (int8 included) is measured. Prints top-1, top-5, loss and
-    per-class accuracy. The model's own preprocessing is used. --tta flip
-    scores the mean probabilities of each image and its mirror image.
+    be deployed (int8 included) is measured. Prints top-1, top-5 (more than
+    5 classes), loss and per-class accuracy. The model's own preprocessing is
+    used. --tta flip scores the mean probabilities of each image and its
+    mirror image. --plot refuses an existing file without --overwrite.
 
     Example: upanets-keras evaluate runs/digits-upanets8/best.keras --dataset digits
     """
     import json
 
+    if plot:
+        check_output_path(plot, overwrite, "--plot")  # before the evaluation, not after it
     from upanets_keras.artifacts import load_artifact
     from upanets_keras.evaluation import evaluate_split, plot_confusion_matrix
 
@@ -43,14 +49,15 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
     result = {"model": model_path, **evaluate_split(model, dataset, split, batch_size, tta, data_dir=data_dir,
                                                      val_split=val_split, seed=seed, cache=cache, cache_dir=cache_dir)}
     if plot:
-        plot_confusion_matrix(result["confusion_matrix"], names, plot)
+        plot_confusion_matrix(result["confusion_matrix"], names, output_folder(plot))
     if as_json:
         result["class_names"] = names
         click.echo(json.dumps(result))
         return
     augmented = "" if tta == "none" else f", test-time augmentation {tta}"
     click.echo(f"{dataset} {split}: {result['num_images']} images{augmented}")
-    click.echo(f"top-1 accuracy {result['accuracy']:.4f}  top-5 accuracy {result['top5_accuracy']:.4f}  loss {result['loss']:.4f}")
+    top5 = f"  top-5 accuracy {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""  # > 5 classes
+    click.echo(f"top-1 accuracy {result['accuracy']:.4f}{top5}  loss {result['loss']:.4f}")
     click.echo("per-class accuracy:")
     for name, acc in zip(names, result["per_class_accuracy"]):
         click.echo(f"  {name:<20} {'n/a' if acc is None else f'{acc:.4f}'}")
@@ -62,19 +69,22 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-k", "--top-k", type=click.IntRange(min=1), help="Classes to list per image [default: 5, or all if fewer].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Also write every image's result to this .csv or .json file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image (with --output: with --print).")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write every image's result to this .csv or .json file (instead of printing it; see --print).")
+@click.option("--print", "print_all", is_flag=True, help="With --output, also print every image's result.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @tta_option
 @user_errors
-def predict(model_path, images, top_k, as_json, output, overwrite, tta):
+def predict(model_path, images, top_k, as_json, output, print_all, overwrite, tta):
     """Classify images with a .keras model or an exported artifact.
 
     IMAGES are image files or folders (read recursively; unreadable files in
     a folder are reported and skipped). Images of any size and mode are
-    converted to RGB at the model's input size. --output writes path, top-k
-    classes and probabilities of every image as CSV or JSON. --tta flip
-    lists the mean probabilities of each image and its mirror image.
+    converted to RGB at the model's input size. Each image's classes are
+    printed; --output writes them (path, top-k classes and probabilities) as
+    CSV or JSON instead and prints one summary line (--print: every line too).
+    --tta flip lists the mean probabilities of each image and its mirror image.
 
     Example: upanets-keras predict best.keras photos/ --output results.csv
     """
@@ -86,7 +96,7 @@ def predict(model_path, images, top_k, as_json, output, overwrite, tta):
     if output and not output.endswith((".csv", ".json")):
         raise click.BadParameter("must end in .csv or .json", param_hint="--output")
     if output:
-        check_output_path(output, overwrite)
+        check_output_path(output, overwrite, "--output")
     model = load_artifact(model_path)
     names = model.class_names
     if top_k is not None and top_k > len(names):
@@ -97,9 +107,10 @@ def predict(model_path, images, top_k, as_json, output, overwrite, tta):
     rows = []
     for row in classify_files(model, images, k, tta=tta):
         rows.append(row)
-        top = row["top"]
+        if output and not print_all:
+            continue
         click.echo(json.dumps(row) if as_json else row["image"] + ": " + ", ".join(
-            f"{t['class']} {t['probability']:.3f}" for t in top))
+            f"{t['class']} {t['probability']:.3f}" for t in row["top"]))
     if output:
-        write_predictions(rows, output, k)
-        click.echo(f"{len(rows)} results written to {output}", err=True)
+        write_predictions(rows, output_folder(output), k)
+        click.echo(f"{len(rows)} images classified: results in {output}", err=print_all)

@@ -6,7 +6,7 @@ import click
 
 from upanets_keras_cli.common import (
     DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, load_light,
-    deterministic_option, user_errors,
+    deterministic_option, output_folder, user_errors,
 )
 
 NORMALIZATIONS = defaults.NORMALIZATIONS
@@ -44,7 +44,8 @@ def models(num_classes, image_size):
     default="none",
     show_default=True,
     help="Build the reference's input normalisation into the model, which then takes 0-255 pixels "
-    "(cifar: the reference's CIFAR mean/std; imagenet: Tiny ImageNet's).",
+    "(cifar: the reference's CIFAR mean/std; imagenet: Tiny ImageNet's). none: the model expects inputs "
+    "normalised as the reference's training normalised them.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @user_errors
@@ -67,12 +68,17 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
     stats = NORMALIZATIONS[normalization] or (None, None)
     model = model_from_checkpoint(checkpoint, filters, blocks, num_classes, image_size, pixel_mean=stats[0],
                                   pixel_std=stats[1])
-    save_model_atomically(model, output)
+    save_model_atomically(model, output_folder(output))
     click.echo(
         f"Wrote {output}: UPANets filters={model.filters} blocks={model.blocks} classes={model.num_classes} "
         f"input={model.image_shape[0]}x{model.image_shape[1]}, "
         f"{count_parameters(model):,} parameters"
     )
+    if normalization == "none":
+        click.echo(
+            f"warning: {output} has no built-in normalisation: it expects inputs normalised as the reference's "
+            "training normalised them, not the 0-255 pixels evaluate, predict and export feed it; convert again with "
+            "--normalization cifar (or imagenet) to build the reference's mean/std in", err=True)
 
 
 @click.command(name="export")

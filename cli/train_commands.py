@@ -4,7 +4,8 @@ import click
 
 from upanets_keras_cli.common import (
     BATCH_MODES, DATASETS, JIT_CHOICES, LR_SCALINGS, PRECISIONS, RECIPE, STRATEGIES, VARIANT_NAMES, FiniteFloatRange,
-    cache_options, defaults, deterministic_option, load_config_file, log_every_option, user_errors,
+    augmentation_options, cache_options, defaults, deterministic_option, load_config_file, log_every_option,
+    user_errors,
 )
 
 
@@ -62,6 +63,7 @@ def recipe_defaults(field):
 @click.option("--randaugment/--no-randaugment", default=None, help=f"timm's rand-m9-n2 after crop and flip [default: {recipe_defaults('randaugment')}].")
 @click.option("--clip-grad-norm", type=FiniteFloatRange(min=0), metavar="NORM", help=f"Clip the gradients' global norm; 0: off [default: {recipe_defaults('clip_grad_norm')}].")
 @click.option("--grad-accum-steps", type=click.IntRange(min=1), help=f"Average the gradients of this many batches into one update [default: {recipe_defaults('grad_accum_steps')}].")
+@augmentation_options
 @click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
 @click.option("--extend", is_flag=True, help="Continue the run in --output-dir (finished or not) to a larger --epochs; the cosine schedule becomes the longer run's.")
 @log_every_option
@@ -72,7 +74,8 @@ def train(overwrite, extend, log_every, **options):
 
     Defaults are the paper's: batch 100, SGD lr 0.1, momentum 0.9, weight
     decay 5e-4 coupled into the gradient, cosine annealing to 0, pad-and-crop
-    and flip augmentation. The run directory gets config.json, best.keras,
+    and flip augmentation (--crop-padding, --hflip; 0 turns either off). The
+    run directory gets config.json, best.keras,
     last.keras, history.csv, history.png, TensorBoard logs and metrics.json.
     Killing a run and re-running the same command resumes it.
 
@@ -97,8 +100,9 @@ def train(overwrite, extend, log_every, **options):
     if not metrics.get("chief", True):
         click.echo(f"worker {metrics['rank']} done; the chief writes the results in {config.output_dir}")
         return
+    top5 = f"  top-5 {metrics['test_top5_accuracy']:.4f}" if "test_top5_accuracy" in metrics else ""  # > 5 classes
     click.echo(
-        f"test accuracy {metrics['test_accuracy']:.4f}  top-5 {metrics['test_top5_accuracy']:.4f}  "
+        f"test accuracy {metrics['test_accuracy']:.4f}{top5}  "
         f"loss {metrics['test_loss']:.4f}  (best epoch {metrics['best_epoch']}, "
         f"val {metrics['best_val_accuracy']:.4f}); results in {config.output_dir}"
     )
@@ -156,6 +160,7 @@ SPACE_HELP = "choices a,b,c or a range MIN:MAX"
               help="tf.distribute strategy of each trial. auto: mirrored when more than one GPU is visible; "
                    "--batch-size is then the global batch, split over the GPUs.")
 @log_every_option
+@augmentation_options
 @cache_options
 @user_errors
 def tune(overwrite, filters, blocks, learning_rate, weight_decay, label_smoothing, search_space, log_every,

@@ -101,8 +101,16 @@ for _ in range(4):
     images, labels = next(it)
     h.update(np.ascontiguousarray(np.asarray(images, np.float32)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(labels, np.float32)).tobytes())
+# --hflip 1 --crop-padding 0: every image exactly its source mirrored
+from upanets_keras.data.draws import Augmentations, epoch_order
+mirrored = D.train_input(*splits.train, splits.info, 32, seed=7, first_epoch=1,
+                         augment=Augmentations(hflip=1.0, crop_padding=0))
+it = iter(mirrored) if D.inputs.uses_tf_data() else (mirrored[i] for i in range(2))
+source = np.asarray(splits.train[0])
+all_mirrored = all(np.array_equal(np.asarray(next(it)[0]), source[epoch_order(7, 1, len(source), 32)[step]][:, :, ::-1])
+                   for step in range(2))
 import keras
-print(json.dumps({"backend": keras.backend.backend(), "digest": h.hexdigest()}))
+print(json.dumps({"backend": keras.backend.backend(), "digest": h.hexdigest(), "all_mirrored": all_mirrored}))
 """
 
 
@@ -114,6 +122,7 @@ def test_the_first_batches_of_a_run_are_the_same_on_every_backend(tmp_path, cach
     others = [run_python(b, FIRST_BATCHES, cache, str(tmp_path)) for b in OTHER_BACKENDS]
     assert [o["backend"] for o in others] == OTHER_BACKENDS
     assert {o["digest"] for o in others} == {tensorflow["digest"]}
+    assert all(o["all_mirrored"] for o in [tensorflow, *others])
 
 
 TWO_DEVICES = """
@@ -214,6 +223,7 @@ def test_a_digits_run_trains_without_tensorflow_and_keeps_its_promises(trained_o
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["versions"]["backend"] == backend and "tensorflow" not in config["versions"]
+    assert (config["run"]["hflip"], config["run"]["crop_padding"]) == (0.0, 2)  # digits' own: no flip, 16 px // 8
     assert metrics["epochs_completed"] == 2 and metrics["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
     assert (out / "best.keras").exists() and (out / "last.keras").exists() and (out / "history.png").exists()
     assert any((out / "logs").rglob("*tfevents*"))

@@ -47,6 +47,8 @@ def test_convert_npz_and_reload(tmp_path, fixtures):
     result = run("convert", fixtures / f"{name}.npz", "-o", out)
     assert result.exit_code == 0, result.output
     assert "filters=4 blocks=1 classes=10" in result.output
+    warning = result.output.strip().splitlines()[-1]  # --normalization none: said now, not first at evaluate time
+    assert "no built-in normalisation" in warning and "--normalization cifar" in warning
     data = np.load(fixtures / f"{name}.npz")
     model = upanets_keras.load_model(out)
     logits = model(np.transpose(data["x_nchw"], (0, 2, 3, 1)), training=False).numpy()
@@ -65,6 +67,15 @@ def test_convert_pth_with_normalisation(tmp_path, fixtures):
     import upanets_keras
 
     assert upanets_keras.load_model(out).get_layer("preprocess") is not None
+    assert "normalisation" not in result.output
+
+
+def test_convert_of_a_keras_file_says_to_use_it_directly(tmp_path, fixtures):
+    result = run("convert", fixtures / "legacy-0.1.0.keras", "-o", tmp_path / "sub" / "m.keras")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "legacy-0.1.0.keras is a .keras model, not a reference checkpoint (.pth/.npz): use it directly" in \
+        result.output and "PyTorch" not in result.output
+    assert list(tmp_path.iterdir()) == []  # not even the output's folder
 
 
 def test_convert_errors_are_one_line_and_keep_existing_files(tmp_path, fixtures):

@@ -21,6 +21,7 @@ from PIL import Image
 from upanets_keras import data as D
 from upanets_keras import defaults
 from upanets_keras.data import DataError, DatasetInfo
+from upanets_keras.data import draws
 from upanets_keras.data.draws import steps_per_epoch
 from upanets_keras.data.pipeline import make_eval_dataset, make_train_dataset
 from upanets_keras.data.registry import canonical_name
@@ -582,6 +583,52 @@ def test_train_without_flip_or_pad(toy):
         for img, label in zip(images.astype(np.uint8), labels):
             found = match_augmentation(img, x[label], 1)
             assert found and not any(f for _, _, f in found)
+
+
+def test_hflip_and_crop_padding_switch_the_flip_and_the_shift(toy):
+    """0 turns each off, hflip 1 flips every image; the tf.data stream and the numpy batches agree."""
+    from upanets_keras.data.batches import TrainBatches
+    from upanets_keras.data.draws import Augmentations
+
+    x, y = toy
+    info = toy_info(2, True)
+    for hflip, pad, expected in ((0.0, 2, {False}), (1.0, 0, {True}), (0.0, 0, {False})):
+        augment = Augmentations(hflip=hflip, crop_padding=pad)
+        batches = collect(make_train_dataset(x, y, info, 8, seed=1, num_epochs=2, augment=augment))
+        numpy = TrainBatches(x, y, info, 8, seed=1, num_epochs=2, augment=augment, workers=0)
+        offsets, flips = set(), set()
+        for k, (images, labels) in enumerate(batches):
+            np.testing.assert_array_equal(numpy[k][0], images)
+            for img, label in zip(images.astype(np.uint8), labels):
+                found = match_augmentation(img, x[label], 2)  # offsets in the 2-pixel frame: (2, 2) is no shift
+                assert found, (hflip, pad)
+                offsets.update((dy, dx) for dy, dx, _ in found)
+                flips.update(f for _, _, f in found)
+        assert flips == expected, (hflip, pad)
+        assert (len(offsets) > 5) if pad else offsets == {(2, 2)}, (hflip, pad)
+    half = draws.plan_training(x, y, info, 8, seed=1, augment=Augmentations(hflip=0.5))
+    assert half.hflip == 0.5 and half.pad == 2
+    with pytest.raises(DataError, match="flip probability"):
+        draws.plan_training(x, y, info, 8, augment=Augmentations(hflip=1.5))
+
+
+def test_the_default_augmentation_draws_what_it_always_drew():
+    """The paper's pad-crop-flip by default, pixel for pixel as before --hflip and --crop-padding existed."""
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(1, 256, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 4
+    h = hashlib.sha256()
+    for flip in (True, False):
+        info = DatasetInfo("toy", 4, list("abcd"), 8, (0.5,) * 3, (0.25,) * 3, pad=1, flip=flip)
+        plan = draws.plan_training(x, y, info, 8, seed=3)
+        for epoch in (0, 2):
+            for step in range(plan.steps):
+                images, labels = plan.batch(epoch, step)
+                h.update(images.tobytes())
+                h.update(labels.tobytes())
+    # the sha256 of these batches drawn by the code before the options (commit 3c3f31b)
+    assert h.hexdigest() == "8aac9a7c8b07a97cf1f0e323438f3f00d7dfa45b5d99ef903b060cefe21f5bd8"
 
 
 def test_train_dataset_errors(toy):

@@ -181,6 +181,17 @@ def test_documents_show_commands():
     assert {"options.yaml", "space.yaml"} <= set(doc_files())
 
 
+def test_distributed_setups_say_who_can_reach_their_unauthenticated_ports():
+    """TF_CONFIG workers and keras-tuner's oracle serve gRPC without TLS or authentication: where each is set
+    up, docs/distributed.md says so and how to keep the ports private."""
+    text = (ROOT / "docs" / "distributed.md").read_text()
+    training, tuning = text.split("## Distributed tuning")
+    for setup, port in ((training, "TF_CONFIG"), (tuning, "KERASTUNER_ORACLE_PORT")):
+        paragraph = next(p for p in setup.split("\n\n") if port in p and "authentication" in p)
+        for words in ("TLS", "private network", "SSH tunnel", "internet"):
+            assert words in paragraph, (port, words)
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.where for c in COMMANDS])
 def test_doc_command_parses(command, tmp_path, monkeypatch, paths_need_not_exist):
     if PLACEHOLDER in command.argv:

@@ -14,6 +14,7 @@ another search space without --overwrite
 import csv
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -153,6 +154,9 @@ TRAIN_FAILURES = [
     ("batch-size 0", _with_data("--batch-size", "0"), (2,), ["--batch-size"]),
     ("batch-size above the data", _with_data("--batch-size", "1000"), (1,), ["smaller --batch-size"]),
     ("epochs 0", _with_data("--epochs", "0"), (2,), ["--epochs"]),
+    ("hflip 1.5", _with_data("--hflip", "1.5"), (2,), ["--hflip"]),
+    ("crop-padding -1", _with_data("--crop-padding", "-1"), (2,), ["--crop-padding"]),
+    ("filters 6", _with_data("--filters", "6"), (1,), ["filters=6"]),
     ("lr -1", _with_data("--lr", "-1"), (2,), ["--lr"]),
     ("lr nan", _with_data("--lr", "nan"), (2,), ["--lr", "finite"]),
     ("val-split 0", _with_data("--val-split", "0"), (2,), ["--val-split"]),
@@ -175,6 +179,23 @@ def test_train_bad_input(tmp_path, case, setup, codes, words):
     before = snapshot(tmp_path)
     result = run("train", "--dataset", "folder", *TINY, *args)
     assert_clean_failure(result, codes, words, before, tmp_path)
+    assert not (tmp_path / "run").exists()  # a refused command leaves no run folder
+
+
+@pytest.mark.heavy  # a TensorFlow process
+def test_cifar10_offline_without_data_dir_is_one_line_within_seconds_and_leaves_no_run_folder(tmp_path):
+    """The download site unreachable (a dead proxy, wherever this runs) and tensorflow-datasets' own folder empty:
+    no retrying for minutes, no warning of tensorflow-datasets' own, no run folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "UPANETS_VERBOSE", "HTTPS_PROXY",
+                                                            "ALL_PROXY", "all_proxy")}
+    env.update(https_proxy="http://127.0.0.1:9", TFDS_DATA_DIR=str(tmp_path / "tfds"))
+    start = time.monotonic()
+    proc = subprocess.run(CLI + ["train", "--dataset", "cifar10", "--epochs", "1", "-o", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and time.monotonic() - start < 60, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: cifar10 not found") and "--data-dir" in lines[0], lines
+    assert not (tmp_path / "run").exists()
 
 
 def _one_image_class(tmp):
@@ -322,7 +343,7 @@ def test_killed_at_any_stage_then_the_same_command_finishes(tmp_path, stage):
         upanets_keras.load_model(path)
     assert sorted(p.name for p in out.glob("*.keras")) == ["best.keras", "last.keras"]
     with open(out / "history.csv", newline="") as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1]
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
 
 
 # ------------------------------------------------------------------------------ evaluate / predict
@@ -404,6 +425,51 @@ def test_evaluate_on_a_dataset_with_another_class_count(tmp_path, model_file):
     before = snapshot(tmp_path)
     result = run("evaluate", model_file, "--dataset", "folder", "--data-dir", data)
     assert_clean_failure(result, (1,), ["2 classes", "has 3"], before, tmp_path)
+
+
+def test_evaluate_checks_its_plot_path_before_evaluating(tmp_path, model_file):
+    (tmp_path / "notes.png").write_text("the user's notes")
+    (tmp_path / "a-file").write_text("")
+    before = snapshot(tmp_path)
+    missing = ["--dataset", "folder", "--data-dir", tmp_path / "no-data"]  # would fail, but only once evaluating
+    result = run("evaluate", model_file, *missing, "--plot", tmp_path / "notes.png")
+    assert_clean_failure(result, (1,), ["notes.png already exists", "--overwrite"], before, tmp_path)
+    result = run("evaluate", model_file, *missing, "--plot", tmp_path / "a-file" / "cm.png")
+    assert_clean_failure(result, (1,), ["a-file is a file", "--plot"], before, tmp_path)
+
+
+@pytest.mark.heavy
+def test_evaluate_writes_its_plot_into_a_new_folder_or_over_a_file_with_overwrite(tmp_path, model_file):
+    (tmp_path / "notes.png").write_text("the user's notes")
+    data = make_folder(tmp_path / "ds")
+    result = run("evaluate", model_file, "--dataset", "folder", "--data-dir", data, "--plot",
+                 tmp_path / "new" / "cm.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "new" / "cm.png").size[0] > 100
+    assert "top-1 accuracy" in result.output and "top-5" not in result.output  # 2 classes: top-5 is always 1
+    result = run("evaluate", model_file, "--dataset", "folder", "--data-dir", data, "--plot", tmp_path / "notes.png",
+                 "--overwrite", "--json")
+    assert result.exit_code == 0 and "top5_accuracy" not in json.loads(result.output), result.output
+    assert Image.open(tmp_path / "notes.png").size[0] > 100
+
+
+@pytest.mark.heavy
+def test_predict_to_a_file_prints_one_line_and_names_the_folder_it_skipped_from(tmp_path, model_file, caplog):
+    photos = tmp_path / "photos"
+    image(photos / "a.png")
+    image(photos / "b" / "c.png", seed=1)
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    out = tmp_path / "results" / "x.csv"
+    with caplog.at_level(logging.WARNING, logger="upanets_keras.data"):
+        result = run("predict", model_file, photos, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == [f"2 images classified: results in {out}"]
+    assert len(list(csv.DictReader(open(out, newline="")))) == 2
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].endswith(f"in {photos}"), skipped
+    printed = run("predict", model_file, photos, "--output", out, "--overwrite", "--print")
+    assert printed.exit_code == 0 and sum(line.startswith(str(photos)) for line in printed.output.splitlines()) == 2
+    assert "2 images classified" in printed.output
 
 
 @pytest.mark.parametrize("case, args, codes, words", [

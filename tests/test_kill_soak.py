@@ -105,7 +105,7 @@ def test_train_killed_at_random_instants_ends_as_an_uninterrupted_run(tmp_path):
         out = tmp_path / name
         keys = ("epoch", "loss", "val_accuracy")
         assert rows(out / "history.csv", *keys) == rows(reference / "history.csv", *keys)
-        assert [r[0] for r in rows(out / "history.csv", "epoch")] == ["0", "1", "2"]
+        assert [r[0] for r in rows(out / "history.csv", "epoch")] == ["1", "2", "3"]
         for model in ("best.keras", "last.keras"):
             assert_same_weights(out / model, reference / model)
         metrics, expected = (json.loads((d / "metrics.json").read_text()) for d in (out, reference))

@@ -152,6 +152,10 @@ def in_process(out, *extra):
     return CliRunner().invoke(cli, ["train", *RUN, *SWITCHES, "-o", str(out), *map(str, extra)])
 
 
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 def switched_run(shared_run, backend):
     def make(out):
         proc = train_cli(backend, out)
@@ -256,15 +260,25 @@ def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_r
 
     out = tmp_path / "run"
     shutil.copytree(switched_run(shared_run, "tensorflow"), out)
-    before = (out / "config.json").read_text()
+    # As a run written before --hflip, --crop-padding and the history counted from 1: it extends all the same.
+    config = json.loads((out / "config.json").read_text())
+    config["run"] = {k: v for k, v in config["run"].items() if k not in ("hflip", "crop_padding")}
+    (out / "config.json").write_text(json.dumps(config))
+    history = (out / "history.csv").read_text().splitlines()
+    (out / "history.csv").write_text("\n".join([history[0], *(f"{int(row[0]) - 1}{row[1:]}" for row in history[1:])]))
+    before = snapshot(out)
     refused = in_process(out, "--epochs", "3")
     assert refused.exit_code == 1 and "pass --extend to continue it" in refused.output
     fewer = in_process(out, "--epochs", "1", "--extend")
     assert fewer.exit_code == 1 and "--extend needs more --epochs than the run's 2" in fewer.output
-    assert (out / "config.json").read_text() == before and (out / "metrics.json").exists()  # nothing written
+    (tmp_path / "not-a-folder").write_text("")
+    no_data = in_process(out, "--epochs", "3", "--extend", "--cache", "disk", "--cache-dir",
+                         tmp_path / "not-a-folder" / "cache")
+    assert no_data.exit_code == 1 and "Traceback" not in no_data.output, no_data.output  # after reopening the run
+    assert snapshot(out) == before  # nothing written, metrics.json and history.png back
     nothing = in_process(tmp_path / "none", "--epochs", "3", "--extend")
     assert nothing.exit_code == 1 and "holds none; drop --extend" in nothing.output
-    assert not (tmp_path / "none" / "config.json").exists()
+    assert not (tmp_path / "none").exists()
 
     extended = train_cli("tensorflow", out, "--epochs", "3", "--extend")
     assert extended.returncode == 0, extended.stderr[-3000:]

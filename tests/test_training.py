@@ -1,6 +1,7 @@
 """Training, evaluation and prediction end to end on scikit-learn's digits (real data, offline)."""
 
 import csv
+import dataclasses
 import json
 import re
 import signal
@@ -13,6 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import FIXTURES
+from upanets_keras.training import TrainingError
 from upanets_keras_cli.main import cli
 
 TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64"]
@@ -63,7 +66,7 @@ def test_train_writes_the_run_directory(trained):
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["filters"] == 4 and config["run"]["seed"] == 3  # file and command line merged
     assert config["precision"] == "float32" and "tensorflow" in config["versions"]
-    assert epochs_in(out / "history.csv") == [0, 1]
+    assert epochs_in(out / "history.csv") == [1, 2]  # as the console counts them
     assert not (out / "backup").exists()
 
 
@@ -147,7 +150,7 @@ def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"Resuming {out} after epoch {done} of 3" in result.stdout
     assert "epoch 1/3" not in result.stdout
-    assert epochs_in(out / "history.csv") == [0, 1, 2]
+    assert epochs_in(out / "history.csv") == [1, 2, 3]
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
     result = subprocess.run(CLI + ["train", *TINY, "--epochs", "4", "-o", str(out)], capture_output=True, text=True)
     assert result.returncode == 1 and "finished run with other settings" in result.stderr
@@ -169,6 +172,9 @@ def test_nan_loss_stops_with_a_message(tmp_path):
     assert not (out / "metrics.json").exists()
 
 
+OTHER_WIDTH = str(FIXTURES / "upanets_f4_c10_b1_img32.npz")  # filters 4
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -176,14 +182,121 @@ def test_nan_loss_stops_with_a_message(tmp_path):
         (["--image-size", "20"], "8"),
         (["--filters", "6"], "Received: filters=6"),
         (["--dataset", "folder"], "data"),
+        (["--filters", "8", "--init-from", OTHER_WIDTH], "it has filters=4"),
     ],
 )
-def test_bad_training_input_is_one_line(tmp_path, args, message):
+def test_bad_training_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     base = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--epochs", "1"]
-    result = run("train", *base, *args, "-o", tmp_path / "r")
+    result = run("train", *base, *args, "-o", tmp_path / "new" / "r")
     assert result.exit_code in (1, 2), result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # neither the run folder nor its missing parent is left
+
+
+def fake_run(out):
+    """A finished run's files (contents that would not load: they are only compared)."""
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"run": {"dataset": "digits", "filters": 4}}))
+    for name in ("metrics.json", "history.csv", "best.keras", "last.keras", "notes.txt"):
+        (out / name).write_text(f"the user's {name}")
+    (out / "logs").mkdir()
+    (out / "logs" / "events").write_text("events")
+    return snapshot(out)
+
+
+def test_a_refused_start_leaves_an_existing_run_untouched_and_an_offline_dataset_fails_fast(tmp_path, monkeypatch):
+    """--overwrite replaces a run only once the new one starts: refused first (its --init-from, its data), the
+    old run stays byte for byte; cifar10 without --data-dir offline is one line within seconds, nothing left."""
+    from upanets_keras.data.sources import tfds as tfds_source
+
+    monkeypatch.setattr(tfds_source, "host_reachable", lambda *a, **k: False)  # offline, wherever this runs
+    out = tmp_path / "run"
+    before = fake_run(out)
+    for args, message in ((["--dataset", "digits", "--filters", "8", "--init-from", OTHER_WIDTH], "filters=4"),
+                          (["--dataset", "cifar10"], "cifar10 not found"),
+                          (["--dataset", "digits", "--batch-size", "5000"], "larger than the")):
+        start = time.monotonic()
+        result = run("train", *args, "--epochs", "1", "-o", out, "--overwrite")
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and time.monotonic() - start < 60
+        assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(
+            ["config.json", "metrics.json", "history.csv", "best.keras", "last.keras", "notes.txt", "logs"])
+    result = run("train", "--dataset", "cifar10", "--epochs", "1", "-o", tmp_path / "fresh")
+    assert result.exit_code == 1 and "unreachable" in result.output and "--data-dir" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_start_killed_before_it_began_is_undone_by_the_next_command(tmp_path):
+    """A SIGKILL between setting a replaced run aside and starting the new one: the next command finds it back."""
+    from upanets_keras.training.run_dir import SET_ASIDE, RunDirectory
+    from upanets_keras.training import TrainConfig
+
+    out = tmp_path / "run"
+    before = fake_run(out)
+    run_dir = RunDirectory(out)
+    config = TrainConfig(dataset="digits", filters=4).resolved()
+    with pytest.raises(KeyboardInterrupt):
+        with run_dir.session():
+            run_dir.prepare(config, overwrite=True, batch={"global_batch_size": 100, "lr": 0.1})
+            assert not (out / "config.json").exists() and (out / SET_ASIDE / "config.json").exists()
+            raise KeyboardInterrupt
+    assert snapshot(out) == before
+    run_dir.prepare(config, overwrite=True, batch={"global_batch_size": 100, "lr": 0.1})  # then killed: no `commit`
+    assert snapshot(out) != before
+    with pytest.raises(TrainingError, match="other settings"):  # the same folder, without --overwrite
+        RunDirectory(out).prepare(TrainConfig(dataset="digits", filters=8).resolved(), False,
+                                  {"global_batch_size": 100, "lr": 0.1})
+    assert snapshot(out) == before
+    run_dir.prepare(config, overwrite=True, batch={"global_batch_size": 100, "lr": 0.1})
+    run_dir.commit()  # the new run started: the old one is gone
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def write_history(path, epochs):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "accuracy", "loss", "top5_accuracy", "val_accuracy", "val_loss"])
+        for epoch in epochs:
+            writer.writerow([epoch, 0.5, 1.0, 0.9, 0.3 + 0.1 * (epoch % 3), 1.0])
+
+
+def test_history_counts_epochs_from_1_and_reads_runs_that_counted_from_0(tmp_path):
+    from upanets_keras.training.run_dir import RunDirectory
+
+    run_dir = RunDirectory(tmp_path)
+    write_history(tmp_path / "history.csv", [0, 1, 2])  # a run written before: epochs from 0
+    assert [int(r["epoch"]) for r in run_dir.history()] == [1, 2, 3]
+    assert run_dir.best_epoch() == (pytest.approx(0.5), 3, 3)  # val_accuracy 0.3, 0.4, 0.5
+    assert run_dir.trim_history(2) == pytest.approx(0.4)  # resumed after epoch 2: its third row goes
+    assert epochs_in(tmp_path / "history.csv") == [1, 2]
+    run_dir.append_history(2, {"accuracy": 0.6, "loss": 0.9, "val_accuracy": 0.9, "val_loss": 0.8})  # Keras' index
+    assert epochs_in(tmp_path / "history.csv") == [1, 2, 3]
+    rows = run_dir.history()
+    assert rows[2]["top5_accuracy"] == "" and rows[0]["top5_accuracy"] == "0.9"  # a metric dropped keeps its column
+    assert run_dir.best_epoch() == (pytest.approx(0.9), 3, 3)
+    write_history(tmp_path / "history.csv", [1, 2])
+    assert [int(r["epoch"]) for r in run_dir.history()] == [1, 2] and run_dir.best_epoch()[1] == 2
+    assert run_dir.trim_history(0) is None and epochs_in(tmp_path / "history.csv") == []
+
+
+def test_hflip_and_crop_padding_left_to_the_dataset_compare_by_value_with_a_saved_run():
+    from upanets_keras.training import TrainConfig
+
+    cifar = {"name": "cifar10", "num_classes": 10, "class_names": [], "image_size": 32, "mean": [0.5] * 3,
+             "std": [0.2] * 3, "pad": 4, "flip": True}
+    saved = dataclasses.asdict(TrainConfig().resolved())
+    old = {k: v for k, v in saved.items() if k not in ("hflip", "crop_padding")}  # a run from before the options
+    assert TrainConfig().resolved().changed_fields(old, cifar) == []
+    assert TrainConfig(hflip=0.5, crop_padding=4).resolved().changed_fields(old, cifar) == []
+    assert TrainConfig(hflip=0.0).resolved().changed_fields(old, cifar) == ["hflip"]
+    recorded = dataclasses.asdict(TrainConfig().resolved().for_dataset(cifar))
+    assert (recorded["hflip"], recorded["crop_padding"]) == (0.5, 4)
+    assert TrainConfig().resolved().changed_fields(recorded, cifar) == []
+    assert TrainConfig(crop_padding=0).resolved().changed_fields(recorded, cifar) == ["crop_padding"]
+    digits = {**cifar, "name": "digits", "pad": 2, "flip": False}
+    assert TrainConfig().for_dataset(digits).hflip == 0.0 and TrainConfig().for_dataset(digits).crop_padding == 2
 
 
 def test_unknown_dataset_and_unwritable_output(tmp_path):
@@ -234,3 +347,29 @@ def test_run_files_are_written_atomically(tmp_path):
     (tmp_path / ".history.csv.123.partial").write_text("left by a SIGKILL")
     remove_partial_saves(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def three_class_folder(root):
+    rng = np.random.default_rng(0)
+    for name in ("circle", "square", "cross"):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.heavy
+def test_a_three_class_run_reports_no_top5_and_records_its_augmentation(tmp_path):
+    data = three_class_folder(tmp_path / "shapes")
+    out = tmp_path / "run"
+    result = run("train", "--dataset", "folder", "--data-dir", data, "--filters", "4", "--image-size", "16",
+                 "--batch-size", "8", "--epochs", "1", "--hflip", "0.25", "--crop-padding", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "top-5" not in result.output and "top5" not in (out / "history.csv").read_text()
+    assert "test_top5_accuracy" not in json.loads((out / "metrics.json").read_text())  # always 1 with 3 classes
+    assert epochs_in(out / "history.csv") == [1]
+    recorded = json.loads((out / "config.json").read_text())
+    assert (recorded["run"]["hflip"], recorded["run"]["crop_padding"]) == (0.25, 1)
+    assert (recorded["dataset"]["pad"], recorded["dataset"]["flip"]) == (2, True)  # the dataset's own, overridden
+    evaluated = run("evaluate", out / "best.keras", "--dataset", "folder", "--data-dir", data)
+    assert evaluated.exit_code == 0 and "top-1 accuracy" in evaluated.output and "top-5" not in evaluated.output

@@ -186,8 +186,9 @@ def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, mo
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == [f"upanets{best['filters']}", "(2,", "10)"]
 
-    again = run(*args)  # the finished search is not redone
+    again = run(*args)  # the finished search is not redone, and its results are printed again
     assert again.exit_code == 0 and " done: " not in again.output and "already retrained" in again.output
+    assert f"test accuracy {metrics['test_accuracy']:.4f} (top-5 {metrics['test_top5_accuracy']:.4f})" in again.output
 
     other = run(*[a if a != "4,8,12" else "4,8" for a in args])
     assert other.exit_code == 1
@@ -202,6 +203,7 @@ def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, mo
     (["--filters", "8", "--max-params", "10k"], "every configuration is over --max-params 10,000"),
     (["--max-params", "lots"], "expected a parameter count"),
     (["--strategy", "multiworker"], "Invalid value for '--strategy'"),
+    (["--hflip", "2"], "Invalid value for '--hflip'"),
 ])
 def test_bad_tune_input_is_one_line(tmp_path, args, message):
     result = run("tune", "--dataset", "digits", "--directory", tmp_path, *args)
@@ -334,3 +336,18 @@ def test_worker_that_cannot_reach_the_chief_fails_fast(tmp_path):
     assert "cannot reach the tuning chief at 127.0.0.1:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.time() - start < 60
+
+
+def test_trials_train_with_the_searchs_hflip_and_crop_padding():
+    import numpy as np
+
+    from upanets_keras.data import DatasetInfo
+    from upanets_keras.data.draws import epoch_order
+    from upanets_keras.tuning.prepare import trial_datasets
+
+    x = np.random.default_rng(0).integers(1, 256, (16, 8, 8, 3), dtype=np.uint8)
+    info = DatasetInfo("toy", 2, ["a", "b"], 8, (0.5,) * 3, (0.25,) * 3, pad=1, flip=True)
+    config = TuneConfig(dataset="digits", batch_size=8, hflip=1.0, crop_padding=0).resolved()
+    train, _ = trial_datasets(config, info, (x, np.arange(16) % 2), (x, np.arange(16) % 2))
+    images, _ = next(iter(train))
+    np.testing.assert_array_equal(np.asarray(images), x[epoch_order(config.seed, 0, 16, 8)[0]][:, :, ::-1])

@@ -38,6 +38,11 @@ RECIPES = {
 }
 # With both MixUp and CutMix on, each batch takes CutMix with this probability (timm's switch_prob).
 CUTMIX_SWITCH_PROB = 0.5
+# The paper's augmentation: each image flipped left-right with this probability (timm's --hflip), on
+# datasets where a mirror image is valid (not digits); zero-padded by image_size // 8 pixels (4 at
+# CIFAR's 32), then cropped back at a random offset. `--hflip 0` and `--crop-padding 0` turn them off.
+HFLIP = 0.5
+CROP_PADDING_DIVISOR = 8
 
 VARIANTS = {
     "upanets16": {"filters": 16, "blocks": 1},

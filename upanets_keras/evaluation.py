@@ -1,4 +1,4 @@
-"""Scoring saved models: top-1/top-5, loss, per-class accuracy, confusion matrix."""
+"""Scoring saved models: top-1/top-5 (more than 5 classes), loss, per-class accuracy, confusion matrix."""
 
 import numpy as np
 
@@ -6,6 +6,16 @@ from upanets_keras.defaults import TTA_MODES
 from upanets_keras.errors import ConfigError
 
 CHUNK = 4096  # images converted to float32 at a time, so a split of any size fits in memory
+
+
+def has_top5(num_classes):
+    """Whether top-5 accuracy means anything: with 5 classes or fewer it is always 1, so it is not reported.
+
+    Example:
+    >>> has_top5(10), has_top5(5)
+    (True, False)
+    """
+    return num_classes > 5
 
 
 def log_softmax(logits):
@@ -81,7 +91,7 @@ def evaluate_arrays(model, x, y, batch_size=100, tta="none"):
         tta: `none` or `flip` (see `predict_logits`).
 
     Returns:
-        A dict: `accuracy`, `top5_accuracy`, `loss`, `per_class_accuracy`,
+        A dict: `accuracy`, `top5_accuracy` (more than 5 classes only), `loss`, `per_class_accuracy`,
         `confusion_matrix` (rows: true class, columns: predicted), `num_images`.
 
     Example:
@@ -95,15 +105,15 @@ def evaluate_arrays(model, x, y, batch_size=100, tta="none"):
     # Not sklearn's log_loss: it clips probabilities, so a confidently wrong prediction would lose its true loss.
     log_probs = log_softmax(logits)
     predicted = logits.argmax(axis=1)
-    k = min(5, num_classes)
-    # Not sklearn's top_k_accuracy_score: it refuses the (n, 2) scores of a two-class model.
-    top_k = np.argsort(-logits, axis=1)[:, :k]
+    top5 = {}
+    if has_top5(num_classes):
+        top5["top5_accuracy"] = float((np.argsort(-logits, axis=1)[:, :5] == y[:, None]).any(axis=1).mean())
     confusion = confusion_matrix(y, predicted, labels=np.arange(num_classes))
     support = confusion.sum(axis=1)
     per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
     return {
         "accuracy": float((predicted == y).mean()),
-        "top5_accuracy": float((top_k == y[:, None]).any(axis=1).mean()),
+        **top5,
         "loss": float(-log_probs[np.arange(len(y)), y].mean()),
         "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
         "confusion_matrix": confusion.tolist(),

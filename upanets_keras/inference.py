@@ -67,13 +67,14 @@ def classify_files(model, paths, top_k=5, batch_size=100, tta="none"):
             the image flipped left-right (see `evaluation.predict_logits`).
     """
     named = {path for path in paths if not os.path.isdir(path)}
+    folders = ", ".join(os.fspath(path) for path in paths if os.path.isdir(path))  # what a skip summary names
     files = expand_image_paths(paths)
     for start in range(0, len(files), CHUNK):
         chunk = files[start:start + CHUNK]
         if named.issuperset(chunk):
             x, ok = load_image_files(chunk, model.input_size), np.ones(len(chunk), bool)
         else:
-            x, ok = decode_image_files(chunk, model.input_size)
+            x, ok = decode_image_files(chunk, model.input_size, desc=folders)
         if not len(x):
             continue
         probs = softmax(predict_logits(model, x, batch_size, tta))

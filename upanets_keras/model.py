@@ -29,11 +29,11 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_config(filters, blocks, num_classes, input_shape):
-    """Check builder arguments; raise `ConfigError` (a `ValueError`) naming the first bad one.
+def check_width(filters, blocks):
+    """`ConfigError` unless `blocks` >= 1 and `filters` a positive multiple of 4 * `blocks`.
 
-    Returns:
-        `input_shape` as a tuple of ints.
+    Example:
+    >>> check_width(16, 2)
     """
     if not _is_int(blocks) or blocks < 1:
         raise ConfigError(f"`blocks` must be an integer >= 1. Received: blocks={blocks!r}")
@@ -43,6 +43,15 @@ def validate_config(filters, blocks, num_classes, input_shape):
             f"`filters` must be a positive multiple of 4*blocks={n} (the reference network "
             f"only closes its head for those). Received: filters={filters!r}"
         )
+
+
+def validate_config(filters, blocks, num_classes, input_shape):
+    """Check builder arguments; raise `ConfigError` (a `ValueError`) naming the first bad one.
+
+    Returns:
+        `input_shape` as a tuple of ints.
+    """
+    check_width(filters, blocks)
     if not _is_int(num_classes) or num_classes < 2:
         raise ConfigError(
             f"`num_classes` must be an integer >= 2. Received: num_classes={num_classes!r}"

@@ -130,6 +130,9 @@ def read_state_dict(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.endswith(".keras"):
+        raise CheckpointError(f"{path} is a .keras model, not a reference checkpoint (.pth/.npz): use it directly "
+                              "(evaluate, predict, export and train --init-from take it)")
     if path.endswith(".npz"):
         state = _read_npz(path)
     else:

@@ -2,7 +2,8 @@
 
 The order of an epoch is a permutation keyed by `(seed, epoch)`; the crop
 offsets and flips of a batch, and the opt-in RandAugment, MixUp and CutMix
-(`Augmentations`), are keyed by `(seed, epoch, step)`. Both
+(`Augmentations`, which also sets the flip probability and the crop padding),
+are keyed by `(seed, epoch, step)`. Both
 pipelines (`pipeline.py` for tf.data, `batches.py` for any backend) take
 their draws from here and crop with the same integer arithmetic, so for one
 seed they yield the same pixels, and a resumed run, starting at any epoch,
@@ -22,6 +23,7 @@ import functools
 import numpy as np
 
 from upanets_keras.data.errors import DataError
+from upanets_keras.defaults import HFLIP
 
 _ORDER, _AUGMENT, _MIX, _RANDAUGMENT = 0, 1, 2, 3  # the stream keyed by (seed, epoch, purpose[, step])
 
@@ -73,21 +75,22 @@ def epoch_order(seed, epoch, n, batch_size):
     return order
 
 
-def augmentation_draws(seed, epoch, step, batch_size, pad, flip):
+def augmentation_draws(seed, epoch, step, batch_size, pad, hflip):
     """Crop offsets int32 `[B, 2]` (in `[0, 2 * pad]`) and flips bool `[B]` of one whole global batch.
 
-    Drawn for the whole batch, so any slice of it (a replica's shard) gets the same.
+    Each image is flipped with probability `hflip` (0: none, 1: all). Drawn for the
+    whole batch, so any slice of it (a replica's shard) gets the same.
     """
     rng = _rng(seed, epoch, _AUGMENT, step)
     offsets = rng.integers(0, 2 * pad + 1, (batch_size, 2), dtype=np.int32) if pad else np.zeros((batch_size, 2),
                                                                                                   np.int32)
-    flipped = rng.random(batch_size) < 0.5 if flip else np.zeros(batch_size, bool)
+    flipped = rng.random(batch_size) < float(hflip) if hflip else np.zeros(batch_size, bool)
     return offsets, flipped
 
 
-def epoch_augmentation(seed, epoch, steps, batch_size, pad, flip):
+def epoch_augmentation(seed, epoch, steps, batch_size, pad, hflip):
     """`augmentation_draws` of every step of an epoch: offsets `[steps, B, 2]`, flips `[steps, B]`."""
-    draws = [augmentation_draws(seed, epoch, step, batch_size, pad, flip) for step in range(steps)]
+    draws = [augmentation_draws(seed, epoch, step, batch_size, pad, hflip) for step in range(steps)]
     offsets = np.stack([d[0] for d in draws]) if draws else np.zeros((0, batch_size, 2), np.int32)
     flipped = np.stack([d[1] for d in draws]) if draws else np.zeros((0, batch_size), bool)
     return offsets, flipped
@@ -123,12 +126,17 @@ class Augmentations:
         randaugment: timm's rand-m9-n2 on every image.
         mixup, cutmix: Beta alphas (0: off); either makes the labels soft.
         num_classes: the one-hot width of soft labels (needed when mixing).
+        hflip: the probability of a left-right flip (0: off); None: the dataset's
+            (`defaults.HFLIP` where `DatasetInfo.flip`, else 0).
+        crop_padding: pixels of zero padding before the random crop (0: off); None: `DatasetInfo.pad`.
     """
 
     randaugment: bool = False
     mixup: float = 0.0
     cutmix: float = 0.0
     num_classes: int | None = None
+    hflip: float | None = None
+    crop_padding: int | None = None
 
     @property
     def mixes(self):
@@ -159,7 +167,7 @@ class TrainPlan:
     shards: tuple
     num_shards: int
     pad: int
-    flip: bool
+    hflip: float
     augment: Augmentations = NO_AUGMENTATIONS
 
     @property
@@ -174,7 +182,7 @@ class TrainPlan:
 
     def epoch_draws(self, epoch):
         """`(indices [steps, B], offsets [steps, B, 2], flips [steps, B])` of one epoch."""
-        offsets, flipped = epoch_augmentation(self.seed, epoch, self.steps, self.batch_size, self.pad, self.flip)
+        offsets, flipped = epoch_augmentation(self.seed, epoch, self.steps, self.batch_size, self.pad, self.hflip)
         return epoch_order(self.seed, epoch, len(self.x), self.batch_size), offsets, flipped
 
     def batch(self, epoch, step, shard=0):
@@ -198,8 +206,8 @@ class TrainPlan:
         """uint8 images and int32 labels of positions `[lo, hi)` of a global batch, cropped, flipped, RandAugmented."""
         idx = epoch_order(self.seed, epoch, len(self.x), self.batch_size)[step]
         images = np.asarray(self.x[idx[lo:hi]])
-        if self.pad or self.flip:
-            offsets, flipped = augmentation_draws(self.seed, epoch, step, self.batch_size, self.pad, self.flip)
+        if self.pad or self.hflip:
+            offsets, flipped = augmentation_draws(self.seed, epoch, step, self.batch_size, self.pad, self.hflip)
             images = pad_crop_flip(images, self.pad, offsets[lo:hi], flipped[lo:hi])
         if self.augment.randaugment:
             from upanets_keras.data.randaugment import rand_augment, randaugment_draws
@@ -232,5 +240,10 @@ def plan_training(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None
     augment = augment or NO_AUGMENTATIONS
     if augment.mixes and not augment.num_classes:
         raise DataError("MixUp and CutMix make soft labels: pass Augmentations(num_classes=...)")
+    pad = info.pad if augment.crop_padding is None else augment.crop_padding
+    hflip = (HFLIP if info.flip else 0.0) if augment.hflip is None else augment.hflip
+    if not 0 <= float(hflip) <= 1 or int(pad) != pad or pad < 0:
+        raise DataError(f"the flip probability must be in [0, 1] and the crop padding an int >= 0, got {hflip} and "
+                        f"{pad}: pass e.g. --hflip 0.5 --crop-padding 4")
     return TrainPlan(x, y, batch_size, int(seed), int(first_epoch), None if num_epochs is None else int(num_epochs),
-                     shards, int(num_shards), int(info.pad), bool(info.flip), augment)
+                     shards, int(num_shards), int(pad), float(hflip), augment)

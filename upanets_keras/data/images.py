@@ -267,15 +267,16 @@ def list_image_files(folder):
     return image_files(folder)
 
 
-def decode_image_files(paths, image_size):
+def decode_image_files(paths, image_size, desc="images"):
     """Decode image files, skipping unreadable ones with a warning.
 
     Args:
         paths: image paths.
         image_size: output side in pixels.
+        desc: where they come from, for the progress and the summary of those skipped (a folder's name).
 
     Returns:
         `(images, ok)`: uint8 (n_ok, image_size, image_size, 3) and a bool mask over `paths`.
     """
     return decode_all([os.fspath(p) for p in paths], check_image_size(image_size), strict=False,
-                      desc="images", verbose=len(paths) >= PROGRESS_MIN_ITEMS)
+                      desc=desc, verbose=len(paths) >= PROGRESS_MIN_ITEMS)

@@ -61,7 +61,8 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
     Epoch ``e`` visits a permutation keyed by ``(seed, e)`` in
     ``len(x) // batch_size`` full batches; batch ``step`` is augmented with
     draws keyed by ``(seed, e, step)`` (zero-pad ``info.pad`` then random
-    crop, random flip when ``info.flip``): the draws of ``draws.py``, so the
+    crop, a flip with probability 0.5 when ``info.flip``; ``augment`` may set
+    both): the draws of ``draws.py``, so the
     batches equal those of ``batches.TrainBatches`` under any backend.
     Starting at ``first_epoch=k`` reproduces exactly what epoch k of an
     uninterrupted run yielded.
@@ -82,8 +83,9 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
             ``steps_per_epoch`` to ``Model.fit``).
         shards: the slices of every global batch to yield (default: the whole batch).
         num_shards: slices per global batch; must divide ``batch_size``.
-        augment: ``draws.Augmentations`` (RandAugment, MixUp, CutMix), or None.
-            These run in numpy (``TrainPlan.batch``) inside the pipeline.
+        augment: ``draws.Augmentations`` (RandAugment, MixUp, CutMix, the flip
+            probability and crop padding), or None. RandAugment, MixUp and CutMix
+            run in numpy (``TrainPlan.batch``) inside the pipeline.
 
     Returns:
         A dataset of ``(float32 [B, S, S, C] on 0-255, int32 [B])``; with MixUp
@@ -116,7 +118,7 @@ def make_train_dataset(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs
     def load(idx, offsets, flipped, shard):
         lo = shard * part
         batch = gather(idx[lo:lo + part])
-        if plan.pad or plan.flip:
+        if plan.pad or plan.hflip:
             batch = pad_crop_flip(batch, plan.pad, offsets[lo:lo + part], flipped[lo:lo + part])
         batch = tf.cast(batch, tf.float32)
         batch.set_shape([part, *x.shape[1:]])

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from upanets_keras.data.errors import DataError
+from upanets_keras.defaults import CROP_PADDING_DIVISOR
 
 # Seed of the test split carved out of datasets without an official test set
 # (digits, folder without test/): fixed so the test set never depends on the
@@ -77,7 +78,7 @@ def make_info(name, class_names, image_size, mean, std, flip):
         name=name, num_classes=len(class_names),
         class_names=[str(c) for c in class_names], image_size=int(image_size),
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-        pad=int(image_size) // 8, flip=bool(flip))
+        pad=int(image_size) // CROP_PADDING_DIVISOR, flip=bool(flip))
 
 
 @dataclasses.dataclass

@@ -71,14 +71,17 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_e
     distribution.check_recipe(config)
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
     echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)
-    with run.lock(), resumable_when_disk_full(run.path):  # one process at a time per run directory
+    # One process at a time per run directory; a start refused before `commit` leaves the folder as it was.
+    with run.session(), resumable_when_disk_full(run.path):
         first_epoch = open_run(config, distribution, run, overwrite, echo, extend)
         if first_epoch is None:  # this same run, already finished: nothing to do
             return run.read_json("metrics.json") if distribution.is_chief else distribution.summary()
         source = open_source(config, first_epoch)  # before the data: a source of another width fails at once
         splits = load_data(config, distribution)
+        config = config.for_dataset(splits.info)  # --hflip and --crop-padding left to the dataset get its values
         model = build_and_compile(config, distribution, splits, echo)
         init = initialise(config, model, source, echo)
+        run.commit()  # the run starts: what it replaces goes, and from here on a failure keeps what was written
         if distribution.is_chief:
             record_config(config, distribution, run, splits, init, exact)
         throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every)
@@ -300,7 +303,7 @@ def score_and_write(config, distribution, run, model, splits, throughput, checks
     best_val, best_epoch, completed = run.best_epoch()
     metrics = {
         "test_accuracy": test["accuracy"],
-        "test_top5_accuracy": test["top5_accuracy"],
+        **({"test_top5_accuracy": test["top5_accuracy"]} if "top5_accuracy" in test else {}),  # > 5 classes
         "test_loss": test["loss"],
         "best_val_accuracy": best_val,
         "best_epoch": best_epoch,

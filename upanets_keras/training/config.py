@@ -7,6 +7,7 @@ import platform
 from upanets_keras import defaults
 from upanets_keras.defaults import RECIPE
 from upanets_keras.errors import ConfigError
+from upanets_keras.model import check_width
 from upanets_keras.variants import variant_config
 
 
@@ -40,6 +41,10 @@ class TrainConfig:
     update). `recipe` fills the ones left None (`defaults.RECIPES`), label smoothing too.
     `deterministic` (auto, on, off; see `upanets_keras.determinism`): auto repeats a
     run bit for bit on a CPU, on also on a GPU (slower kernels).
+    The paper's augmentation: `hflip` (probability of a left-right flip; 0: off) and
+    `crop_padding` (zero padding in pixels before the random crop back to size; 0: off);
+    None takes the dataset's (`for_dataset`: `defaults.HFLIP` where flips are valid, the
+    padding `image_size // 8`), the value recorded in `config.json`.
 
     Example:
     >>> config = TrainConfig(dataset="digits", filters=8, epochs=8).resolved()
@@ -84,6 +89,8 @@ class TrainConfig:
     mixup: float = None
     cutmix: float = None
     randaugment: bool = None
+    hflip: float = None
+    crop_padding: int = None
     clip_grad_norm: float = None
     grad_accum_steps: int = None
 
@@ -112,6 +119,10 @@ class TrainConfig:
             ("cutmix", config.cutmix >= 0, ">= 0 (0: off)"),
             ("clip_grad_norm", config.clip_grad_norm >= 0, ">= 0 (0: off)"),
             ("grad_accum_steps", config.grad_accum_steps >= 1, ">= 1"),
+            ("hflip", config.hflip is None or 0 <= config.hflip <= 1, "in [0, 1] (0: off) or None (the dataset's)"),
+            ("crop_padding", config.crop_padding is None or (isinstance(config.crop_padding, int)
+                                                              and config.crop_padding >= 0),
+             "an int >= 0 (0: off) or None (the dataset's)"),
             ("freeze_epochs", 0 <= config.freeze_epochs < config.epochs, "in [0, epochs) (--freeze-backbone freezes "
              "every epoch)"),
         ]
@@ -124,8 +135,22 @@ class TrainConfig:
         for field, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"`{field}` must be {rule}. Received: {field}={getattr(config, field)!r}")
+        check_width(config.filters, config.blocks)  # before anything is written, not when the model is built
         config._check_fine_tuning()
         return config
+
+    def for_dataset(self, info):
+        """A copy with `hflip` and `crop_padding` left None taking the dataset's (a `DatasetInfo` or its dict).
+
+        Example:
+        >>> from upanets_keras.data import DatasetInfo
+        >>> info = DatasetInfo("digits", 10, list("0123456789"), 16, (0.5,) * 3, (0.25,) * 3, pad=2, flip=False)
+        >>> config = TrainConfig(crop_padding=1).for_dataset(info)
+        >>> config.hflip, config.crop_padding
+        (0.0, 1)
+        """
+        fills = dataset_augmentation(info)
+        return dataclasses.replace(self, **{k: v for k, v in fills.items() if getattr(self, k) is None})
 
     def _check_fine_tuning(self):
         from upanets_keras.transfer import SUFFIXES
@@ -155,11 +180,25 @@ class TrainConfig:
         spans = [(0, frozen_until, True), (frozen_until, self.epochs, False)]
         return [(max(start, first_epoch), end, frozen) for start, end, frozen in spans if end > max(start, first_epoch)]
 
-    def changed_fields(self, saved):
-        """The fields that differ from a saved run's `dataclasses.asdict` (keys it lacks take the paper's recipe)."""
+    def changed_fields(self, saved, dataset=None):
+        """The fields that differ from a saved run's `dataclasses.asdict` (keys it lacks take the paper's recipe).
+
+        `dataset` is the saved run's `DatasetInfo.to_dict()`: what `hflip` and `crop_padding`
+        left None (here, or by a run saved before they existed) resolve to.
+        """
         fresh = dataclasses.asdict(TrainConfig().resolved())  # a run saved before a field existed had the paper's
-        return [k for k, v in dataclasses.asdict(self).items()
-                if k not in self.NOT_IDENTITY and saved.get(k, fresh[k]) != v]
+        ours, theirs = dataclasses.asdict(self), {k: saved.get(k, v) for k, v in fresh.items()}
+        if dataset:
+            for k, v in dataset_augmentation(dataset).items():
+                ours[k] = v if ours[k] is None else ours[k]
+                theirs[k] = v if theirs[k] is None else theirs[k]
+        return [k for k, v in ours.items() if k not in self.NOT_IDENTITY and theirs[k] != v]
+
+
+def dataset_augmentation(info):
+    """`{"hflip", "crop_padding"}` of a dataset (a `DatasetInfo` or its dict): the paper's where valid."""
+    info = info if isinstance(info, dict) else info.to_dict()
+    return {"hflip": defaults.HFLIP if info["flip"] else 0.0, "crop_padding": int(info["pad"])}
 
 
 def has_gpu():

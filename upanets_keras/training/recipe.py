@@ -4,6 +4,7 @@ import contextlib
 
 import keras
 
+from upanets_keras.evaluation import has_top5
 from upanets_keras.model import HEAD, build_upanets
 from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD
 
@@ -73,20 +74,33 @@ def optimizer_switches(config):
 
 
 def augmentations(config, num_classes):
-    """The `draws.Augmentations` (RandAugment, MixUp, CutMix) of a resolved `TrainConfig`."""
+    """The `draws.Augmentations` (RandAugment, MixUp, CutMix, flip probability, crop padding) of a resolved `TrainConfig`."""
     from upanets_keras.data.draws import Augmentations
 
-    return Augmentations(bool(config.randaugment), float(config.mixup), float(config.cutmix), num_classes)
+    return Augmentations(bool(config.randaugment), float(config.mixup), float(config.cutmix), num_classes,
+                         hflip=config.hflip, crop_padding=config.crop_padding)
+
+
+def metrics(num_classes):
+    """What training reports besides the loss: accuracy, and top-5 accuracy with more than 5 classes.
+
+    With 5 classes or fewer every label is among the top 5, so top-5 would always be 1.
+
+    Example:
+    >>> [m.name for m in metrics(10)], [m.name for m in metrics(3)]
+    (['accuracy', 'top5_accuracy'], ['accuracy'])
+    """
+    found = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    if has_top5(num_classes):
+        found.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+    return found
 
 
 def _compile(model, optimizer, label_smoothing, jit_compile):
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
-        metrics=[
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"),
-        ],
+        metrics=metrics(model.output_shape[-1]),
         jit_compile=jit_compile,
     )
 

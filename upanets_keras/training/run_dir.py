@@ -1,5 +1,6 @@
 """A training run's directory: refused, resumed or started; its config, history, metrics and plots."""
 
+import contextlib
 import csv
 import json
 import os
@@ -14,6 +15,9 @@ RUN_FILES = (
     "config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json",
     "backup", "logs",
 )
+# What `prepare` moves out of the way (a run replaced by --overwrite, results reopened by --extend): it
+# comes back if the start is refused, and goes once the new start is committed.
+SET_ASIDE, DISCARDED = ".set-aside", ".set-aside-discarded"
 
 
 class RunDirectory:
@@ -24,12 +28,14 @@ class RunDirectory:
 
     Example:
     >>> run = RunDirectory("runs/digits")  # doctest: +SKIP
-    >>> with run.lock():  # doctest: +SKIP
+    >>> with run.session():  # doctest: +SKIP
     ...     finished = run.prepare(config, overwrite=False, batch={"global_batch_size": 100, "lr": 0.1})
+    ...     run.commit()  # the run starts: from here on a failure keeps what was written
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        self.committed = False
 
     @classmethod
     def for_process(cls, path, rank=0, chief=True):
@@ -53,8 +59,65 @@ class RunDirectory:
         """One process at a time per run directory."""
         return RunLock(self.path)
 
+    @contextlib.contextmanager
+    def session(self):
+        """`lock()`, and a refused start leaves the folder as it was: a command refused writes nothing.
+
+        Until `commit()`, an error puts back what `prepare` set aside and removes the
+        folders this session created (the run directory and missing parents) while empty.
+        """
+        created, folder = [], os.path.abspath(self.path)
+        while not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder)
+        self.committed = False
+        try:
+            with self.lock():
+                try:
+                    yield self
+                except BaseException:
+                    if not self.committed:
+                        self.restore_set_aside()
+                    raise
+        except BaseException:
+            if not self.committed:
+                for folder in created:  # deepest first; a folder holding anything stays
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break
+            raise
+
+    def commit(self):
+        """The run starts: what `prepare` set aside (a replaced run, reopened results) is deleted."""
+        self.committed = True
+        if os.path.isdir(self.file(SET_ASIDE)):
+            os.replace(self.file(SET_ASIDE), self.file(DISCARDED))  # one rename: never half restored later
+        shutil.rmtree(self.file(DISCARDED), ignore_errors=True)
+
+    def _set_aside(self, names):
+        for name in names:
+            if os.path.lexists(self.file(name)):
+                os.makedirs(self.file(SET_ASIDE), exist_ok=True)
+                os.replace(self.file(name), os.path.join(self.file(SET_ASIDE), name))
+
+    def restore_set_aside(self):
+        """Put back what `prepare` set aside (a start refused, or killed before `commit`)."""
+        shutil.rmtree(self.file(DISCARDED), ignore_errors=True)
+        aside = self.file(SET_ASIDE)
+        if not os.path.isdir(aside):
+            return
+        for name in os.listdir(aside):
+            if not os.path.lexists(self.file(name)):
+                os.replace(os.path.join(aside, name), self.file(name))
+        shutil.rmtree(aside, ignore_errors=True)
+
     def prepare(self, config, overwrite, batch, extend=False):
         """Refuse a run of other settings (unless `overwrite`), then make the folder writable.
+
+        A run replaced (`overwrite`) or results reopened (`extend`) are set aside, not
+        deleted, until `commit()`: a start refused later (its data, its `--init-from`)
+        leaves the run as it was.
 
         Args:
             config: the resolved `TrainConfig`.
@@ -66,9 +129,10 @@ class RunDirectory:
             True when the folder holds this same run, finished (nothing is changed).
         """
         out = self.path
+        self.restore_set_aside()  # a start killed before it committed changed nothing
         finished = os.path.exists(self.file("metrics.json"))
         if overwrite:
-            self.clear()
+            self._set_aside(RUN_FILES)
         elif os.path.exists(self.file("config.json")):
             changed = self._changed_settings(config, batch)
             if extend and changed == ["epochs"]:
@@ -115,26 +179,15 @@ class RunDirectory:
         before = self.saved_epochs()
         if epochs <= before:
             raise TrainingError(f"--extend needs more --epochs than the run's {before}. Received: epochs={epochs}")
-        for name in ("metrics.json", "history.png"):
-            if os.path.exists(self.file(name)):
-                os.remove(self.file(name))
+        self._set_aside(["metrics.json", "history.png"])
 
     def _changed_settings(self, config, batch):
         with open(self.file("config.json")) as f:
             saved = json.load(f)
-        changed = config.changed_fields(saved.get("run", {}))
+        changed = config.changed_fields(saved.get("run", {}), saved.get("dataset"))
         before = saved.get("batch", saved.get("distribution", {}))
         return changed + [k for k in ("global_batch_size", "lr")
                           if k in before and before[k] != batch[k] and k not in changed]
-
-    def clear(self):
-        """Delete every file a run writes (the lock stays)."""
-        for name in RUN_FILES:
-            path = self.file(name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
 
     def remove(self):
         """Delete the folder (a worker's backup folder once its run is over)."""
@@ -161,23 +214,34 @@ class RunDirectory:
             return json.load(f)
 
     def history(self):
-        """The rows of `history.csv` (one dict per completed epoch), [] without one."""
+        """The rows of `history.csv`, one dict per completed epoch numbered from 1; [] without one.
+
+        Older runs numbered the epochs from 0: their rows are read renumbered (and
+        written so at the next epoch), so they resume and extend as they were.
+        """
         if not os.path.exists(self.file("history.csv")):
             return []
         with open(self.file("history.csv"), newline="") as f:
-            return list(csv.DictReader(f))
+            rows = list(csv.DictReader(f))
+        if rows and int(rows[0]["epoch"]) == 0:
+            rows = [{**r, "epoch": str(int(r["epoch"]) + 1)} for r in rows]
+        return rows
 
-    def _write_history(self, rows, fieldnames):
+    def _write_history(self, rows, columns=("epoch",)):
+        fieldnames = list(dict.fromkeys([*columns, *(k for r in rows for k in r)]))  # a metric dropped keeps its column
         with atomic_write(self.file("history.csv"), newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer = csv.DictWriter(f, fieldnames=fieldnames, restval="")
             writer.writeheader()
             writer.writerows(rows)
 
     def append_history(self, epoch, logs):
-        """Add epoch `epoch`'s row to `history.csv` (rewritten whole, then renamed: never a partial row)."""
-        row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items())}}
-        rows = [r for r in self.history() if int(r["epoch"]) < epoch]
-        self._write_history(rows + [row], list(row))
+        """Add the row of Keras' epoch index `epoch` to `history.csv`, numbered `epoch + 1` as the console is.
+
+        The file is rewritten whole, then renamed: never a partial row.
+        """
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())}}
+        rows = [r for r in self.history() if int(r["epoch"]) <= epoch]
+        self._write_history(rows + [row])
 
     def trim_history(self, first_epoch):
         """Drop rows of epochs that will be re-run (a kill can land between two writes).
@@ -188,17 +252,17 @@ class RunDirectory:
         if not os.path.exists(self.file("history.csv")):
             return None
         rows = self.history()
-        keep = [r for r in rows if int(r["epoch"]) < first_epoch]
+        keep = [r for r in rows if int(r["epoch"]) <= first_epoch]
         if rows:
             self._write_history(keep, list(rows[0]))
         values = [float(r["val_accuracy"]) for r in keep if r.get("val_accuracy")]
         return max(values) if values else None
 
     def best_epoch(self):
-        """`(best validation accuracy, its 1-based epoch, epochs completed)` from the history."""
+        """`(best validation accuracy, its epoch (from 1), epochs completed)` from the history."""
         rows = self.history()
         best = max(rows, key=lambda r: float(r["val_accuracy"]))
-        return float(best["val_accuracy"]), 1 + int(best["epoch"]), len(rows)
+        return float(best["val_accuracy"]), int(best["epoch"]), len(rows)
 
     def plot_history(self):
         """`history.png`: loss and accuracy curves, train vs validation."""
@@ -210,7 +274,7 @@ class RunDirectory:
         rows = self.history()
         if not rows:
             return
-        epochs = [int(r["epoch"]) + 1 for r in rows]
+        epochs = [int(r["epoch"]) for r in rows]
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, key in zip(axes, ("loss", "accuracy")):
             ax.plot(epochs, [float(r[key]) for r in rows], label="train")

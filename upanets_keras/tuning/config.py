@@ -17,7 +17,11 @@ class TuningError(ConfigError):
 
 @dataclasses.dataclass
 class TuneConfig:
-    """Everything that defines a search (saved as `search.json` in the project)."""
+    """Everything that defines a search (saved as `search.json` in the project).
+
+    `hflip` and `crop_padding` are train's (the training augmentation of every trial and
+    of the retraining); None: the dataset's.
+    """
 
     # Fields a resumed search may change (as `TrainConfig.NOT_IDENTITY`): more trials, the final
     # retraining, and the per-machine settings that differ between the machines of a distributed
@@ -47,6 +51,8 @@ class TuneConfig:
     strategy: str = "auto"
     cache: str = "auto"
     cache_dir: str = None
+    hflip: float = None
+    crop_padding: int = None
 
     def resolved(self):
         """A checked copy: the space normalised, the project named after the dataset, `final_epochs` set."""
@@ -63,6 +69,10 @@ class TuneConfig:
                 f"a trial runs with one of the strategies {', '.join(TRIAL_STRATEGIES)} (several machines: "
                 f"distributed tuning, see docs/distributed.md). Received: strategy={config.strategy!r}"
             )
+        if config.hflip is not None and not 0 <= config.hflip <= 1:
+            raise TuningError(f"--hflip must be in [0, 1] (0: off). Received: hflip={config.hflip!r}")
+        if config.crop_padding is not None and config.crop_padding < 0:
+            raise TuningError(f"--crop-padding must be >= 0 (0: off). Received: crop_padding={config.crop_padding!r}")
         if config.max_trials < 1 or config.epochs < 1:
             raise TuningError(
                 f"--max-trials and --epochs must be >= 1. Received: max_trials={config.max_trials}, epochs={config.epochs}"

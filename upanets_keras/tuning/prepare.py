@@ -53,6 +53,9 @@ def prepared_model(distribution, hypermodel, values):
 
 
 def trial_datasets(config, info, train, held_out):
-    """The one-hot training stream of `train` and the batches of `held_out`, both `(images, labels)`."""
-    return (data_lib.train_input(*train, info, config.batch_size, seed=config.seed),
+    """The one-hot training stream of `train` (with `--hflip`, `--crop-padding`) and the batches of `held_out`."""
+    from upanets_keras.data.draws import Augmentations
+
+    augment = Augmentations(hflip=config.hflip, crop_padding=config.crop_padding)
+    return (data_lib.train_input(*train, info, config.batch_size, seed=config.seed, augment=augment),
             data_lib.eval_input(*held_out, config.batch_size, info.num_classes))

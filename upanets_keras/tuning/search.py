@@ -113,7 +113,7 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo, log_ever
     save_model_atomically(model, os.path.join(project_dir, "best.keras"))
     return {
         "test_accuracy": test["accuracy"],
-        "test_top5_accuracy": test["top5_accuracy"],
+        **({"test_top5_accuracy": test["top5_accuracy"]} if "top5_accuracy" in test else {}),  # > 5 classes
         "test_loss": test["loss"],
         "parameters": count_parameters(model),
         "final_epochs": config.final_epochs,
@@ -225,7 +225,7 @@ def finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_ever
         with open(metrics_path) as f:
             previous = json.load(f)
         if previous.get("trial") == best.trial_id and previous.get("final_epochs") == config.final_epochs:
-            echo(f"The best configuration was already retrained: {os.path.join(project_dir, 'best.keras')}")
+            echo(f"The best configuration was already retrained: {results_line(project_dir, previous)}")
             return previous
     if config.final_epochs < 1:
         return None
@@ -235,6 +235,12 @@ def finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_ever
     metrics = {"trial": best.trial_id, "hyperparameters": values, "search_objective": config.objective,
                "search_score": best.score, **metrics}
     write_json(metrics_path, metrics)
-    echo(f"Wrote {os.path.join(project_dir, 'best.keras')}: test accuracy {metrics['test_accuracy']:.4f}, "
-         f"{metrics['parameters']:,} parameters")
+    echo(f"Wrote {results_line(project_dir, metrics)}")
     return metrics
+
+
+def results_line(project_dir, metrics):
+    """`PROJECT/best.keras: test accuracy ..., N parameters`: the retrained model's results, as printed."""
+    top5 = f" (top-5 {metrics['test_top5_accuracy']:.4f})" if "test_top5_accuracy" in metrics else ""
+    return (f"{os.path.join(project_dir, 'best.keras')}: test accuracy {metrics['test_accuracy']:.4f}{top5}, "
+            f"loss {metrics['test_loss']:.4f}, {metrics['parameters']:,} parameters")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import threading
@@ -54,6 +56,19 @@ def host_reachable(host, port=443, timeout=5.0):
     return bool(result and result[0])
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hide tensorflow-datasets' warnings while it looks for a dataset: "Variant folder ... has no
+    dataset_info.json" for a dataset not there, which our one-line error says better."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 def open_builder(name, tfds_name, data_dir, download, put_hint, download_host):
     """A prepared tfds builder, downloading only when allowed and the site answers.
 
@@ -76,9 +91,10 @@ def open_builder(name, tfds_name, data_dir, download, put_hint, download_host):
                         f"or pip install tensorflow-datasets") from err
     kwargs = {"data_dir": os.fspath(data_dir)} if data_dir is not None else {}
     try:
-        builder = tfds.builder(tfds_name, **kwargs)
-        # is_prepared() logs an absl warning about a version folder that does not exist (a first, offline run).
-        prepared = builder.data_path.exists() and builder.is_prepared()
+        with _quiet_absl():
+            builder = tfds.builder(tfds_name, **kwargs)
+            # is_prepared() logs an absl warning about a version folder that does not exist (a first, offline run).
+            prepared = builder.data_path.exists() and builder.is_prepared()
     except Exception as err:  # tfds raises many types; report them uniformly
         raise DataError(f"tensorflow-datasets cannot open {name} ({err}): {put_hint}") from err
     if not prepared:
