@@ -1,4 +1,4 @@
-"""A training run's directory: refused, resumed or started; its config, history, metrics and plots."""
+"""A training run's directory: refused, resumed or started; its config, history, metrics, plots and card."""
 
 import csv
 import json
@@ -10,9 +10,11 @@ from upanets_keras.files import atomic_write, is_disk_full, remove_partial_saves
 from upanets_keras.training.backup import BackupStore
 from upanets_keras.training.config import TrainingError
 
+# What a run's end writes (an extended run's are rewritten at its new end).
+RESULT_FILES = ("metrics.json", "history.png", "confusion.png", "worst.png", "README.md")
 RUN_FILES = (
-    "config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json",
-    "backup", "logs",
+    "config.json", "best.keras", "last.keras", "history.csv", *RESULT_FILES,
+    "backup", "logs", "tracking.json", "wandb",
 )
 
 
@@ -115,9 +117,8 @@ class RunDirectory:
         before = self.saved_epochs()
         if epochs <= before:
             raise TrainingError(f"--extend needs more --epochs than the run's {before}. Received: epochs={epochs}")
-        for name in ("metrics.json", "history.png"):
-            if os.path.exists(self.file(name)):
-                os.remove(self.file(name))
+        for name in RESULT_FILES:
+            self.remove_file(name)
 
     def _changed_settings(self, config, batch):
         with open(self.file("config.json")) as f:
@@ -148,6 +149,11 @@ class RunDirectory:
     def roll_back_to(self, epoch):
         """Make the newest backup the one of `epoch` (a worker an epoch ahead of another); False if it has none."""
         return self.backups.roll_back_to(epoch)
+
+    def remove_file(self, name):
+        """Delete the file `name` if it is there."""
+        if os.path.exists(self.file(name)):
+            os.remove(self.file(name))
 
     def remove_backups(self):
         shutil.rmtree(self.backup_dir, ignore_errors=True)
