@@ -50,6 +50,11 @@ def test_the_card_shows_the_run_and_only_the_plots_there_are():
     assert "upanets-keras evaluate best.keras --dataset digits   #" in card
 
 
+def test_a_run_scored_by_a_process_that_trained_no_epoch_has_no_speed():
+    metrics = {**metrics_json(), "train_images_per_second": None}  # killed after its last epoch, then re-run
+    assert "| training speed | n/a (no epoch trained by the process that scored it) |" in render_card(config_json(), metrics)
+
+
 def test_a_card_of_many_classes_lists_the_worst_ones():
     card = render_card(config_json(200), metrics_json(200))
     rows = [line for line in card.splitlines() if line.startswith("| `c")]

@@ -192,7 +192,8 @@ def render_card(config, metrics, plots=(), tracked=None):
         ("test accuracy", f"{_percent(metrics['test_accuracy'])} (top-5 {_percent(metrics['test_top5_accuracy'])})"),
         ("test loss", f"{metrics['test_loss']:.4f} (cross-entropy)"),
         ("best validation accuracy", f"{_percent(metrics['best_val_accuracy'])} (epoch {metrics['best_epoch']})"),
-        ("training speed", f"{metrics['train_images_per_second']:,.0f} images/s"),
+        ("training speed", "n/a (no epoch trained by the process that scored it)"
+         if metrics.get("train_images_per_second") is None else f"{metrics['train_images_per_second']:,.0f} images/s"),
     ], ("metric", "value"))
     sections = [
         f"# UPANets on {dataset['name']}: {_percent(metrics['test_accuracy'])} test accuracy",

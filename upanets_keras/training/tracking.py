@@ -50,6 +50,11 @@ def flatten(payload, prefix=""):
     return flat
 
 
+def test_metrics(metrics):
+    """The end's numbers a tracker records (the speed is None when no epoch was left to train)."""
+    return {k: metrics[k] for k in TEST_METRICS if metrics.get(k) is not None}
+
+
 def _import(name):
     try:
         return __import__(name)
@@ -104,8 +109,7 @@ class MLflowRun:
         self.mlflow.log_metrics(values, step=epoch, run_id=self.run_id)
 
     def finish(self, metrics, files):
-        self.mlflow.log_metrics({k: metrics[k] for k in TEST_METRICS}, step=metrics["epochs_completed"],
-                                run_id=self.run_id)
+        self.mlflow.log_metrics(test_metrics(metrics), step=metrics["epochs_completed"], run_id=self.run_id)
         for path in files:
             self.mlflow.log_artifact(path, run_id=self.run_id)
         if self.own:
@@ -149,9 +153,8 @@ class WandbRun:
         self.run.log({**values, "epoch": epoch})
 
     def finish(self, metrics, files):
-        self.run.summary.update({k: metrics[k] for k in TEST_METRICS})
-        artifact = self.wandb.Artifact(f"run-{self.run.id}-model", type="model",
-                                       metadata={k: metrics[k] for k in TEST_METRICS})
+        self.run.summary.update(test_metrics(metrics))
+        artifact = self.wandb.Artifact(f"run-{self.run.id}-model", type="model", metadata=test_metrics(metrics))
         for path in files:
             artifact.add_file(path)
         self.run.log_artifact(artifact, aliases=["latest", "best"])
