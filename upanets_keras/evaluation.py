@@ -189,7 +189,7 @@ def plot_worst_images(x, y, logits, class_names, path, count=16):
     images = np.asarray(x[chosen])
     columns = min(4, len(chosen))
     rows = -(-len(chosen) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.6 * rows), squeeze=False, constrained_layout=True)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label, probs in zip(axes.flat, images, np.asarray(y)[chosen], probabilities):
@@ -197,7 +197,6 @@ def plot_worst_images(x, y, logits, class_names, path, count=16):
         guess = int(probs.argmax())
         ax.set_title(f"true {class_names[int(label)]}\npredicted {class_names[guess]} ({probs[guess]:.2f})",
                      fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return len(chosen)
