@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_train_writes_the_run_directory(trained):
 
 
 @pytest.mark.heavy
-def test_the_run_ends_with_a_model_card_and_its_plots(trained):
+def test_the_run_ends_with_a_model_card_and_its_plots(trained, monkeypatch, capsys):
     """README.md: the data and sizes, the configuration, the test scores and per-class table, the plots, how to use it."""
     out, _ = trained
     card = (out / "README.md").read_text()
@@ -82,6 +83,11 @@ def test_the_run_ends_with_a_model_card_and_its_plots(trained):
         assert f"]({name})" in card and Image.open(out / name).size[0] > 300, name
     assert 'upanets_keras.load_model("best.keras")' in card and "upanets-keras evaluate best.keras --dataset digits --seed 3" in card
     assert "on tensorflow 2." in card and "| CPU |" in card
+    [snippet] = re.findall(r"^```python\n(.*?)^```", card, flags=re.M | re.S)
+    monkeypatch.chdir(out)  # the card's Python runs from the run directory
+    capsys.readouterr()
+    exec(snippet, {})
+    assert capsys.readouterr().out.strip() in [str(i) for i in range(10)]
 
 
 @pytest.mark.heavy

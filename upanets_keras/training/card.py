@@ -172,7 +172,7 @@ def _use_section(run, dataset):
         "",
         'model = upanets_keras.load_model("best.keras")',
         f"images = np.zeros((1, {size}, {size}, 3), dtype=\"uint8\")  # a batch of 0-255 RGB images",
-        "probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images)))",
+        "probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images, verbose=0)))",
         "print(model.labels[int(probabilities[0].argmax())])",
         "```",
         "",
