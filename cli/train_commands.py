@@ -104,7 +104,7 @@ def train(overwrite, extend, **options):
     click.echo(
         f"test accuracy {metrics['test_accuracy']:.4f}  top-5 {metrics['test_top5_accuracy']:.4f}  "
         f"loss {metrics['test_loss']:.4f}  (best epoch {metrics['best_epoch']}, "
-        f"val {metrics['best_val_accuracy']:.4f}); results in {config.output_dir}"
+        f"val {metrics['best_val_accuracy']:.4f}); results and model card (README.md) in {config.output_dir}"
     )
 
 
