@@ -42,6 +42,40 @@ def test_an_unknown_tracker_is_refused():
     assert "track" in TrainConfig.NOT_IDENTITY  # a resumed run may start or stop tracking
 
 
+def test_a_failed_run_ends_its_mlflow_run_as_failed_and_a_callers_own_run_stays_open(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    from upanets_keras.training.run_dir import RunDirectory
+    from upanets_keras.training.tracking import Tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's old store: no database to create, quick
+    (tmp_path / "run").mkdir()
+    folder = RunDirectory(tmp_path / "run")
+    metrics = {"test_accuracy": 0.5, "test_top5_accuracy": 1.0, "test_loss": 0.7, "best_val_accuracy": 0.4,
+               "train_images_per_second": None, "epochs_completed": 1}
+    with pytest.raises(RuntimeError):
+        with Tracking("mlflow", folder) as tracking:
+            tracking.start({"run": {"lr": 0.1}}, echo=lambda line: None)
+            raise RuntimeError("an epoch failed")
+    failed = folder.read_json("tracking.json")["run_id"]
+    client = mlflow.MlflowClient()
+    assert client.get_run(failed).info.status == "FAILED" and mlflow.active_run() is None
+    assert client.get_run(failed).data.params == {"run.lr": "0.1"}
+
+    with mlflow.start_run() as own:  # train() inside the caller's own run logs into it and leaves it open
+        with Tracking("mlflow", folder) as tracking:
+            tracking.start({"run": {"lr": 0.1}}, echo=lambda line: None)
+            tracking.callbacks()[0].log(1, {"loss": 2.0})
+            tracking.finish(metrics)
+        assert mlflow.active_run().info.run_id == own.info.run_id == folder.read_json("tracking.json")["run_id"]
+    logged = client.get_run(own.info.run_id).data.metrics
+    assert logged["loss"] == 2.0 and logged["test_accuracy"] == 0.5 and "train_images_per_second" not in logged
+    with Tracking("mlflow", folder, chief=False) as tracking:  # another worker: nothing
+        tracking.start({"run": {}})
+        assert tracking.tracker is None and tracking.callbacks() == []
+
+
 @pytest.mark.heavy
 def test_mlflow_records_config_epochs_results_and_model_and_a_resumed_run_goes_on_in_it(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
