@@ -20,17 +20,18 @@ $(BASE_STAMP): setup.cfg setup.py pyproject.toml
 	touch $(BASE_STAMP)
 
 $(STAMP): $(BASE_STAMP)
-	$(BIN)/python -m pip install -q $(TORCH) -e ".[dev,export,jax$(if $(TORCH),$(comma)torch)]"
+	$(BIN)/python -m pip install -q $(TORCH) -e ".[dev,export,jax,mlflow,wandb$(if $(TORCH),$(comma)torch)]"
 	touch $(STAMP)
 
 comma := ,
 
 install: $(STAMP)
 
-# The main job, offline: train UPANets (f=8) on scikit-learn's handwritten digits, then score it.
+# The main job, offline: train UPANets (f=8) on scikit-learn's handwritten digits, then score it in a fresh
+# process. The run ends with its model card, $(DEMO_DIR)/README.md, and the plots it shows.
 demo: $(BASE_STAMP)
 	$(BIN)/upanets-keras train --dataset digits --filters 8 --epochs 8 -o $(DEMO_DIR) --overwrite
-	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits --plot $(DEMO_DIR)/confusion.png --overwrite
+	$(BIN)/upanets-keras evaluate $(DEMO_DIR)/best.keras --dataset digits
 
 # Two test processes: most of a test's time is single-threaded (process start-up, graph tracing),
 # so two overlap well on two cores. The slow tier (the kill soak and the other minutes-long tests:

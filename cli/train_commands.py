@@ -64,6 +64,10 @@ def recipe_defaults(field):
 @click.option("--clip-grad-norm", type=FiniteFloatRange(min=0), metavar="NORM", help=f"Clip the gradients' global norm; 0: off [default: {recipe_defaults('clip_grad_norm')}].")
 @click.option("--grad-accum-steps", type=click.IntRange(min=1), help=f"Average the gradients of this many batches into one update [default: {recipe_defaults('grad_accum_steps')}].")
 @augmentation_options
+@click.option("--track", type=click.Choice(defaults.TRACKERS),
+              help="Also record the run in MLflow (MLFLOW_TRACKING_URI) or W&B (WANDB_PROJECT, WANDB_MODE=offline): "
+              "config, every epoch's metrics, the test scores, best.keras and the card. An optional extra each: "
+              "pip install 'upanets-keras[mlflow]' or '[wandb]'.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run (or one with other settings) in --output-dir.")
 @click.option("--extend", is_flag=True, help="Continue the run in --output-dir (finished or not) to a larger --epochs; the cosine schedule becomes the longer run's.")
 @log_every_option
@@ -75,9 +79,11 @@ def train(overwrite, extend, log_every, **options):
     Defaults are the paper's: batch 100, SGD lr 0.1, momentum 0.9, weight
     decay 5e-4 coupled into the gradient, cosine annealing to 0, pad-and-crop
     and flip augmentation (--crop-padding, --hflip; 0 turns either off). The
-    run directory gets config.json, best.keras,
-    last.keras, history.csv, history.png, TensorBoard logs and metrics.json.
-    Killing a run and re-running the same command resumes it.
+    run directory gets config.json, best.keras, last.keras, history.csv,
+    history.png, TensorBoard logs, metrics.json, the test's confusion.png and
+    worst.png, and a model card, README.md. Killing a run and re-running the
+    same command resumes it. --track mlflow|wandb records it in an experiment
+    tracker too.
 
     Several GPUs or machines: --strategy mirrored (or auto) on one machine;
     --strategy multiworker with TF_CONFIG set, the same command on every
@@ -104,7 +110,7 @@ def train(overwrite, extend, log_every, **options):
     click.echo(
         f"test accuracy {metrics['test_accuracy']:.4f}{top5}  "
         f"loss {metrics['test_loss']:.4f}  (best epoch {metrics['best_epoch']}, "
-        f"val {metrics['best_val_accuracy']:.4f}); results in {config.output_dir}"
+        f"val {metrics['best_val_accuracy']:.4f}); results and model card (README.md) in {config.output_dir}"
     )
 
 

@@ -132,6 +132,7 @@ SLOWEST_GROUPS = [
     "test_training.py::test_kill_and_resume_ends_with_the_same_number_of_epochs",
     "test_hostile_input.py",
     "test_training.py",
+    "test_tracking.py",
     "test_tuning.py::test_distributed_search_with_a_chief_and_two_workers",
     "test_cache.py::test_a_disk_cached_run_killed_mid_epoch_resumes_exactly",
     "test_backends.py::test_a_jax_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_one",

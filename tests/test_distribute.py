@@ -179,9 +179,10 @@ def test_multiworker_killed_worker_resumes_and_matches_one_device(single, tmp_pa
     assert metrics["epochs_completed"] == 2
     assert metrics["distribution"]["workers"] == 2 and metrics["distribution"]["replicas"] == 2
     # The chief's files only: worker 1 kept its backup in worker-1/ and removed it when done.
-    assert sorted(p.name for p in out.iterdir()) == [
-        "best.keras", "config.json", "history.csv", "history.png", "last.keras", "logs", "metrics.json"
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "best.keras", "config.json", "history.csv", "history.png", "last.keras", "logs", "metrics.json",
+        "confusion.png", "worst.png", "README.md",
+    ])
 
 
 @pytest.mark.heavy

@@ -371,3 +371,17 @@ def test_doc_commands_run(tmp_path):
     failed = [f"{s['where']}: {shlex.join(s['argv'] or ['(python)'])}\n  {r['error']}" for s, r in zip(steps, results) if r["rc"] != 0]
     assert not failed, "\n".join(failed) + "\n" + proc.stdout[-3000:]
     assert (tmp_path / trained).exists()
+
+
+@pytest.mark.heavy
+def test_the_python_training_example_runs(tmp_path, capsys):
+    """`examples/train_digits.py` (docs/python.md): a tiny run through `from upanets_keras import TrainConfig, train`."""
+    import runpy
+
+    example = runpy.run_path(str(ROOT / "examples" / "train_digits.py"))
+    metrics = example["main"](["-o", str(tmp_path / "run"), "--epochs", "1"])
+    output = capsys.readouterr().out
+    assert metrics == json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in output and "first test images: " in output
+    assert (tmp_path / "run" / "README.md").is_file()
+    assert "examples/train_digits.py" in (ROOT / "docs" / "python.md").read_text()

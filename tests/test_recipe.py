@@ -289,6 +289,8 @@ def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_r
     assert rows[:3] == (switched_run(shared_run, "tensorflow") / "history.csv").read_text().splitlines()
     assert len(rows) == 4 and json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
     assert json.loads((out / "config.json").read_text())["extended"] == [{"from_epochs": 2, "to_epochs": 3}]
+    card = (out / "README.md").read_text()  # the card and plots of the run's new end
+    assert "for 3 epochs" in card and "| extended | from 2 to 3 epochs |" in card and (out / "confusion.png").exists()
 
 
 @pytest.mark.heavy

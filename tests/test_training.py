@@ -54,7 +54,10 @@ def test_train_writes_the_run_directory(trained):
     epoch_lines = [line for line in lines if epoch_line.match(line)]
     assert len(epoch_lines) == 2 and epoch_lines[1].endswith("run ETA 0s"), output
     assert "\r" not in output and "top5" not in output  # no bar, no Keras progress
-    for name in ["config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json"]:
+    assert "\nrecipe paper: no EMA, MixUp, CutMix, RandAugment, label smoothing" in output  # before the epochs
+    assert output.index("recipe paper") < output.index("epoch 1/2")
+    for name in ["config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json",
+                 "confusion.png", "worst.png", "README.md"]:
         assert (out / name).is_file(), name
     assert any((out / "logs").rglob("*tfevents*"))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -68,6 +71,34 @@ def test_train_writes_the_run_directory(trained):
     assert config["precision"] == "float32" and "tensorflow" in config["versions"]
     assert epochs_in(out / "history.csv") == [1, 2]  # as the console counts them
     assert not (out / "backup").exists()
+    assert config["dataset"]["images"] == {"train": 1293, "val": 145, "test": 359}
+
+
+@pytest.mark.heavy
+def test_the_run_ends_with_a_model_card_and_its_plots(trained, monkeypatch, capsys):
+    """README.md: the data and sizes, the configuration, the test scores and per-class table, the plots, how to use it."""
+    out, _ = trained
+    card = (out / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert card.startswith(f"# UPANets on digits: {100 * metrics['test_accuracy']:.2f}% test accuracy")
+    assert "1,293 training, 145 validation and 359 test images, 16x16 pixels" in card
+    assert f"{metrics['parameters']:,} parameters" in card and "| seed | 3 |" in card
+    assert "| recipe | paper: no EMA" in card and "| batch | 64 (global) |" in card
+    rows = metrics["per_class"]
+    assert [r["class"] for r in rows] == [str(i) for i in range(10)] and sum(r["images"] for r in rows) == 359
+    correct = sum(r["accuracy"] * r["images"] for r in rows)
+    assert correct == pytest.approx(metrics["test_accuracy"] * 359)
+    three = rows[3]
+    assert f"| `3` | {three['images']} | {100 * three['accuracy']:.2f}% | {100 * three['precision']:.2f}% |" in card
+    for name in ("history.png", "confusion.png", "worst.png"):
+        assert f"]({name})" in card and Image.open(out / name).size[0] > 300, name
+    assert 'upanets_keras.load_model("best.keras")' in card and "upanets-keras evaluate best.keras --dataset digits --seed 3" in card
+    assert "on tensorflow 2." in card and "| CPU |" in card
+    [snippet] = re.findall(r"^```python\n(.*?)^```", card, flags=re.M | re.S)
+    monkeypatch.chdir(out)  # the card's Python runs from the run directory
+    capsys.readouterr()
+    exec(snippet, {})
+    assert capsys.readouterr().out.strip() in [str(i) for i in range(10)]
 
 
 @pytest.mark.heavy
@@ -86,6 +117,7 @@ def test_evaluate_in_a_fresh_process_matches_training_metrics(trained, tmp_path)
     assert len(result["per_class_accuracy"]) == 10 and result["class_names"][3] == "3"
     assert np.asarray(result["confusion_matrix"]).sum() == result["num_images"] == 359
     assert Image.open(plot).size[0] > 100
+    assert [r["accuracy"] for r in metrics["per_class"]] == pytest.approx(result["per_class_accuracy"], abs=1e-9)
 
 
 @pytest.mark.heavy

@@ -174,6 +174,7 @@ def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, mo
     assert metrics["trial"] == best["trial"] and metrics["hyperparameters"]["filters"] == int(best["filters"])
     assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["final_epochs"] == 1
     assert metrics["train_images"] == 1293 + 145
+    assert sum(row["images"] for row in metrics["per_class"]) == 359 and (project / "confusion.png").is_file()
     search = json.loads((project / "search.json").read_text())
     assert search["search"]["search_space"]["filters"] == [4, 8, 12] and search["run"]["max_params"] == budget
 

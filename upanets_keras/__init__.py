@@ -27,6 +27,7 @@ from upanets_keras.optimizers import EpochCosineSchedule, ReferenceSGD  # noqa: 
 from upanets_keras.saving import load_model  # noqa: E402
 from upanets_keras.variants import count_parameters, create_model, list_models  # noqa: E402
 from upanets_keras.weights import CheckpointError, load_reference_weights  # noqa: E402
+from upanets_keras.training import TrainConfig, train  # noqa: E402
 
 backend.use_jax_compilation_cache()
 
@@ -38,6 +39,7 @@ __all__ = [
     "ReferenceBatchNormalization",
     "ReferenceSGD",
     "SpatialPixelAttention",
+    "TrainConfig",
     "UPANets",
     "UPANetsError",
     "apply_upa_block",
@@ -47,4 +49,5 @@ __all__ = [
     "list_models",
     "load_model",
     "load_reference_weights",
+    "train",
 ]

@@ -60,6 +60,8 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 BATCH_MODES = ("global", "per-replica")
 LR_SCALINGS = ("linear", "none")
 BACKENDS = ("tensorflow", "jax", "torch")
+# `train --track`: experiment trackers a run also records itself in (each an optional extra).
+TRACKERS = ("mlflow", "wandb")
 # Test-time augmentation of `evaluate` and `predict`: flip also runs each image mirrored left-right.
 TTA_MODES = ("none", "flip")
 

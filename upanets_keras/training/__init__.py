@@ -16,6 +16,7 @@ from upanets_keras import backend, determinism, faults, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.distribute import Distribution
 from upanets_keras.distribute.cluster import lost_contact_error
+from upanets_keras.evaluation import plot_confusion_matrix, plot_worst_images, predict_logits, score_logits
 from upanets_keras.files import resumable_when_disk_full
 from upanets_keras.saving import load_model
 from upanets_keras.training.backup import EpochBackup, restore
@@ -27,10 +28,14 @@ from upanets_keras.training.callbacks import (
     Throughput,
     tensorboard_callback,
 )
-from upanets_keras.training.config import TrainConfig, TrainingError, resolve_jit, resolve_precision, versions
+from upanets_keras.training.card import per_class_rows, write_card
+from upanets_keras.training.config import (
+    TrainConfig, TrainingError, recipe_summary, resolve_jit, resolve_precision, versions,
+)
 from upanets_keras.training.progress import TrainingProgress, display_for
 from upanets_keras.training.recipe import augmentations, build_model, compile_for_training, fit, freeze_backbone
 from upanets_keras.training.run_dir import RunDirectory
+from upanets_keras.training.tracking import Tracking
 from upanets_keras.variants import count_parameters
 
 # What the rest of the package uses; everything else is imported from its module.
@@ -71,8 +76,10 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_e
     distribution.check_recipe(config)
     run = RunDirectory.for_process(config.output_dir, distribution.rank, distribution.is_chief)
     echo = echo if distribution.is_chief else functools.partial(_worker_echo, echo, distribution.rank)
-    # One process at a time per run directory; a start refused before `commit` leaves the folder as it was.
-    with run.session(), resumable_when_disk_full(run.path):
+    # Tracking first: a tracker that is not installed stops the run before anything is written. One process
+    # at a time per run directory; a start refused before `commit` leaves the folder as it was.
+    with Tracking(config.track, run, distribution.is_chief) as tracking, run.session(), \
+            resumable_when_disk_full(run.path):
         first_epoch = open_run(config, distribution, run, overwrite, echo, extend)
         if first_epoch is None:  # this same run, already finished: nothing to do
             return run.read_json("metrics.json") if distribution.is_chief else distribution.summary()
@@ -80,16 +87,19 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_e
         splits = load_data(config, distribution)
         config = config.for_dataset(splits.info)  # --hflip and --crop-padding left to the dataset get its values
         model = build_and_compile(config, distribution, splits, echo)
+        echo(recipe_summary(config))
         init = initialise(config, model, source, echo)
         run.commit()  # the run starts: what it replaces goes, and from here on a failure keeps what was written
         if distribution.is_chief:
             record_config(config, distribution, run, splits, init, exact)
-        throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every)
+            tracking.start(run.read_json("config.json"), echo)
+        throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every,
+                             tracking.callbacks())
         checks = distribution.finish(model, echo)
         if not distribution.is_chief:
             run.remove()  # its backup; nothing else is kept
             return {**distribution.summary(), **checks}
-        return score_and_write(config, distribution, run, model, splits, throughput, checks)
+        return score_and_write(config, distribution, run, model, splits, throughput, checks, tracking)
 
 
 def _worker_echo(echo, rank, message):
@@ -175,7 +185,8 @@ def record_config(config, distribution, run, splits, init=None, exact=None):
         extended = extended + [{"from_epochs": before["run"]["epochs"], "to_epochs": config.epochs}]
     payload = {"run": dataclasses.asdict(config), "precision": resolve_precision(config.precision),
                "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
-               "dataset": splits.info.to_dict(), "versions": versions(), "runtime": runtime.describe(),
+               "dataset": {**splits.info.to_dict(), "images": {k: len(getattr(splits, k)[0]) for k in SPLITS}},
+               "versions": versions(), "runtime": runtime.describe(),
                "devices": backend.devices()}
     if exact is not None:
         payload["deterministic"] = exact
@@ -186,6 +197,9 @@ def record_config(config, distribution, run, splits, init=None, exact=None):
     if extended:
         payload["extended"] = extended
     run.write_json("config.json", payload)
+
+
+SPLITS = ("train", "val", "test")
 
 
 def _steps(splits, distribution):
@@ -211,8 +225,11 @@ def build_and_compile(config, distribution, splits, echo):
     return model
 
 
-def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every=None):
+def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every=None, tracked=()):
     """Load the newest state that loads, then fit the remaining epochs with the run's callbacks.
+
+    `log_every`: seconds between progress lines off a terminal; `tracked`: the tracker's callbacks
+    (`Tracking.callbacks`).
 
     Returns:
         The throughput measured.
@@ -245,6 +262,7 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
         *faults.callbacks(),
         EpochBackup(run.backups),  # last: an epoch counts as done once its backup is written
     ]
+    callbacks[-1:-1] = tracked  # before the backup: an epoch re-run after a kill is logged again rather than lost
     val_ds = distribution.eval_dataset(*splits.val, info.num_classes)
     distribution.before_fit(model, info)
     frozen = False
@@ -276,30 +294,29 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
 
 
 def score_best(config, distribution, run, model, splits):
-    """Loss and metrics of `best.keras`'s weights on the test split.
+    """Logits of `best.keras`'s weights on the test split: one pass gives every test score and plot.
 
-    Where evaluating the distributed model is a collective the other workers
-    no longer join (multi-worker), the chief evaluates a plain copy instead.
+    With several replicas or workers a plain copy predicts on one device: no collective the other
+    workers no longer join, no batch padded to the replicas.
     """
-    if distribution.evaluates_collectively:
+    if distribution.replicated:
         best = load_model(run.file("best.keras"))
-        compile_for_training(best, config, 1, False)
-        test = data_lib.eval_input(*splits.test, distribution.global_batch, splits.info.num_classes)
-        return best.evaluate(test, verbose=0, return_dict=True)
-    model.load_weights(run.file("best.keras"))
-    with distribution.fit_scope():
-        test = distribution.eval_dataset(*splits.test, splits.info.num_classes)
-        return model.evaluate(test, verbose=0, return_dict=True)
+    else:
+        model.load_weights(run.file("best.keras"))
+        best = model
+    return predict_logits(best, splits.test[0], batch_size=distribution.global_batch)
 
 
-def score_and_write(config, distribution, run, model, splits, throughput, checks):
-    """Evaluate the best epoch's weights on the test split; write `metrics.json` and `history.png`.
+def score_and_write(config, distribution, run, model, splits, throughput, checks, tracking=None):
+    """Score the best epoch's weights on the test split; write the plots, the card, then `metrics.json`.
 
-    On one device the weights of `best.keras` go into the model already compiled
-    and traced for validation, so scoring them costs no second build or trace.
+    Writes `history.png`, `confusion.png`, `worst.png` (the most confident mistakes) and the card
+    `README.md`, hands the results to the tracker, and writes `metrics.json` last: the run counts
+    as finished once it exists.
     """
     faults.reached("test_eval")
-    test = score_best(config, distribution, run, model, splits)
+    logits = score_best(config, distribution, run, model, splits)
+    test = score_logits(logits, splits.test[1])
     best_val, best_epoch, completed = run.best_epoch()
     metrics = {
         "test_accuracy": test["accuracy"],
@@ -310,10 +327,17 @@ def score_and_write(config, distribution, run, model, splits, throughput, checks
         "epochs_completed": completed,
         "train_images_per_second": throughput.images_per_second(),
         "parameters": count_parameters(model),
+        "per_class": per_class_rows(test["confusion_matrix"], splits.info.class_names),
     }
     if distribution.replicated:
         metrics.update(distribution=distribution.summary(), **checks)
     run.plot_history()
+    plot_confusion_matrix(test["confusion_matrix"], splits.info.class_names, run.file("confusion.png"))
+    if not plot_worst_images(*splits.test, logits, splits.info.class_names, run.file("worst.png")):
+        run.remove_file("worst.png")  # nothing misclassified: none left from an earlier end either
+    write_card(run.path, run.read_json("config.json"), metrics, tracking.record() if tracking else None)
+    if tracking:
+        tracking.finish(metrics)
     run.write_json("metrics.json", metrics)
     run.remove_backups()  # a finished run resumes nothing
     return metrics

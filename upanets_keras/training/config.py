@@ -29,6 +29,7 @@ class TrainConfig:
     linear multiplies `lr` by global batch / `batch_size` (1 in global mode);
     `sync_batchnorm` computes BatchNorm statistics over the global batch.
     Data: `cache` is memory, disk or auto (see `upanets_keras.data.cache`).
+    `track` records the run in MLflow or W&B too (`upanets_keras.training.tracking`).
     `output_dir` defaults to `runs/DATASET-upanetsF` (or the variant's name).
     Fine-tuning (see `upanets_keras.transfer`): `init_from` is a `.keras` UPANets
     or a reference `.pth`/`.npz` whose matching weights start a fresh run;
@@ -54,7 +55,7 @@ class TrainConfig:
 
     # Fields a resumed run may change: where it runs and caches, not what it computes
     # (the global batch and learning rate they lead to are compared instead).
-    NOT_IDENTITY = ("output_dir", "strategy", "cache", "cache_dir", "deterministic")
+    NOT_IDENTITY = ("output_dir", "strategy", "cache", "cache_dir", "deterministic", "track")
 
     dataset: str = defaults.DATASET
     data_dir: str = None
@@ -81,6 +82,7 @@ class TrainConfig:
     sync_batchnorm: bool = True
     cache: str = "auto"
     cache_dir: str = None
+    track: str = None
     init_from: str = None
     freeze_backbone: bool = False
     freeze_epochs: int = 0
@@ -132,6 +134,7 @@ class TrainConfig:
                    "batch_mode": defaults.BATCH_MODES, "lr_scaling": defaults.LR_SCALINGS,
                    "cache": defaults.CACHE_MODES}
         checks += [(field, getattr(config, field) in allowed, f"one of {allowed}") for field, allowed in choices.items()]
+        checks.append(("track", config.track in (None, *defaults.TRACKERS), f"None or one of {defaults.TRACKERS}"))
         for field, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"`{field}` must be {rule}. Received: {field}={getattr(config, field)!r}")
@@ -199,6 +202,49 @@ def dataset_augmentation(info):
     """`{"hflip", "crop_padding"}` of a dataset (a `DatasetInfo` or its dict): the paper's where valid."""
     info = info if isinstance(info, dict) else info.to_dict()
     return {"hflip": defaults.HFLIP if info["flip"] else 0.0, "crop_padding": int(info["pad"])}
+
+
+# The recipe's switches in the order `recipe_summary` names them: (name, how its value reads, its value when off).
+SWITCHES = {
+    "ema": ("EMA", lambda v: f"EMA {float(v)}", 0),
+    "mixup": ("MixUp", lambda v: f"MixUp {float(v)}", 0),
+    "cutmix": ("CutMix", lambda v: f"CutMix {float(v)}", 0),
+    "randaugment": ("RandAugment", lambda v: "RandAugment rand-m9-n2", False),
+    "label_smoothing": ("label smoothing", lambda v: f"label smoothing {float(v)}", 0),
+    "clip_grad_norm": ("gradient clipping", lambda v: f"gradient clipping at norm {float(v)}", 0),
+    "grad_accum_steps": ("gradient accumulation", lambda v: f"gradient accumulation over {v} batches", 1),
+}
+
+
+def recipe_summary(run):
+    """One line: the recipe and which of its switches are on; `(given)` marks an option that overrides it.
+
+    Args:
+        run: a resolved `TrainConfig`, or its dict (`config.json`'s `run`).
+
+    Example:
+    >>> recipe_summary(TrainConfig(recipe="modern", mixup=0).resolved())
+    'recipe modern: EMA 0.999, CutMix 1.0, RandAugment rand-m9-n2, label smoothing 0.1; MixUp off (given)'
+    >>> recipe_summary(TrainConfig().resolved())
+    'recipe paper: no EMA, MixUp, CutMix, RandAugment, label smoothing, gradient clipping or accumulation'
+    """
+    values = run if isinstance(run, dict) else dataclasses.asdict(run)
+    values = {"recipe": "paper", **values}  # a run recorded before recipes existed ran the paper's
+    recipe = defaults.RECIPES[values["recipe"]]
+    on, off = [], []
+    for field, (name, reads, off_value) in SWITCHES.items():
+        value = values.get(field, recipe[field])
+        given = " (given)" if value != recipe[field] else ""
+        if value != off_value:
+            on.append(reads(value) + ("" if field != "cutmix" or not values.get("mixup") else
+                                      f" (each batch one or the other, CutMix p={defaults.CUTMIX_SWITCH_PROB:g})")
+                      + given)
+        elif given:
+            off.append(f"{name} off{given}")
+    if not on and not off:
+        return (f"recipe {values['recipe']}: no EMA, MixUp, CutMix, RandAugment, label smoothing, gradient clipping "
+                "or accumulation")
+    return f"recipe {values['recipe']}: " + "; ".join(part for part in (", ".join(on), ", ".join(off)) if part)
 
 
 def has_gpu():

@@ -1,4 +1,4 @@
-"""A training run's directory: refused, resumed or started; its config, history, metrics and plots."""
+"""A training run's directory: refused, resumed or started; its config, history, metrics, plots and card."""
 
 import contextlib
 import csv
@@ -11,9 +11,11 @@ from upanets_keras.files import atomic_write, is_disk_full, remove_partial_saves
 from upanets_keras.training.backup import BackupStore
 from upanets_keras.training.config import TrainingError
 
+# What a run's end writes (an extended run's are rewritten at its new end).
+RESULT_FILES = ("metrics.json", "history.png", "confusion.png", "worst.png", "README.md")
 RUN_FILES = (
-    "config.json", "best.keras", "last.keras", "history.csv", "history.png", "metrics.json",
-    "backup", "logs",
+    "config.json", "best.keras", "last.keras", "history.csv", *RESULT_FILES,
+    "backup", "logs", "tracking.json", "wandb",
 )
 # What `prepare` moves out of the way (a run replaced by --overwrite, results reopened by --extend): it
 # comes back if the start is refused, and goes once the new start is committed.
@@ -179,7 +181,7 @@ class RunDirectory:
         before = self.saved_epochs()
         if epochs <= before:
             raise TrainingError(f"--extend needs more --epochs than the run's {before}. Received: epochs={epochs}")
-        self._set_aside(["metrics.json", "history.png"])
+        self._set_aside(list(RESULT_FILES))
 
     def _changed_settings(self, config, batch):
         with open(self.file("config.json")) as f:
@@ -201,6 +203,11 @@ class RunDirectory:
     def roll_back_to(self, epoch):
         """Make the newest backup the one of `epoch` (a worker an epoch ahead of another); False if it has none."""
         return self.backups.roll_back_to(epoch)
+
+    def remove_file(self, name):
+        """Delete the file `name` if it is there."""
+        if os.path.exists(self.file(name)):
+            os.remove(self.file(name))
 
     def remove_backups(self):
         shutil.rmtree(self.backup_dir, ignore_errors=True)

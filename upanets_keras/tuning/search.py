@@ -13,10 +13,12 @@ import numpy as np
 from upanets_keras import compat, determinism
 from upanets_keras import data as data_lib
 from upanets_keras.defaults import OBJECTIVES
+from upanets_keras.evaluation import plot_confusion_matrix, plot_worst_images, predict_logits, score_logits
 from upanets_keras.files import atomic_write, resumable_when_disk_full
 from upanets_keras.run_lock import LOCK_NAME, RunLock
-from upanets_keras.saving import save_model_atomically
+from upanets_keras.saving import load_model, save_model_atomically
 from upanets_keras.training import TrainingProgress, fit, versions
+from upanets_keras.training.card import per_class_rows
 from upanets_keras.tuning.config import TuningError
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
 from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
@@ -90,7 +92,11 @@ def prepare_project(config, project_dir, role, overwrite, payload):
 
 
 def retrain_best(config, hypermodel, values, splits, project_dir, echo, log_every=None):
-    """Train the best configuration on train+validation; save `best.keras` and `metrics.json`."""
+    """Train the best configuration on train+validation; save `best.keras`, `confusion.png` and `worst.png`.
+
+    Returns:
+        The test metrics for `metrics.json`, with the per-class table.
+    """
     x = data_lib.concatenate([splits.train[0], splits.val[0]])
     y = np.concatenate([splits.train[1], splits.val[1]])
     steps = len(x) // config.batch_size
@@ -102,15 +108,23 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo, log_ever
     keras.backend.clear_session()
     distribution = trial_distribution(config)
     model, _ = prepared_model(distribution, final, values)
-    train_ds, test_ds = trial_datasets(config, splits.info, (x, y), splits.test)
+    train_ds, _ = trial_datasets(config, splits.info, (x, y), splits.test)
     progress = TrainingProgress(config.final_epochs, steps, config.batch_size, echo, log_every=log_every)
     with distribution.fit_scope():
         try:
             fit(model, train_ds, config.final_epochs, steps, callbacks=[progress])
         finally:
             progress.close()
-        test = model.evaluate(test_ds, verbose=0, return_dict=True)
-    save_model_atomically(model, os.path.join(project_dir, "best.keras"))
+    path = os.path.join(project_dir, "best.keras")
+    save_model_atomically(model, path)
+    # One pass over the test split gives every score and plot, as at the end of `train` (a plain copy: no strategy).
+    logits = predict_logits(load_model(path) if distribution.replicated else model, splits.test[0], config.batch_size)
+    test = score_logits(logits, splits.test[1])
+    names = splits.info.class_names
+    plot_confusion_matrix(test["confusion_matrix"], names, os.path.join(project_dir, "confusion.png"))
+    worst = os.path.join(project_dir, "worst.png")
+    if not plot_worst_images(*splits.test, logits, names, worst) and os.path.exists(worst):
+        os.remove(worst)  # nothing misclassified: none left from an earlier retraining either
     return {
         "test_accuracy": test["accuracy"],
         **({"test_top5_accuracy": test["top5_accuracy"]} if "top5_accuracy" in test else {}),  # > 5 classes
@@ -118,6 +132,7 @@ def retrain_best(config, hypermodel, values, splits, project_dir, echo, log_ever
         "parameters": count_parameters(model),
         "final_epochs": config.final_epochs,
         "train_images": int(len(x)),
+        "per_class": per_class_rows(test["confusion_matrix"], names),
     }
 
 
