@@ -50,6 +50,15 @@ def test_the_card_shows_the_run_and_only_the_plots_there_are():
     assert "upanets-keras evaluate best.keras --dataset digits   #" in card
 
 
+def test_the_card_says_whether_the_run_repeats_bit_for_bit():
+    held = {"mode": "auto", "backend": "tensorflow", "bit_exact": "on the CPU", "tensorflow_inter_op_threads": 1}
+    card = render_card({**config_json(), "deterministic": held}, metrics_json())
+    assert "| repeatable | bit for bit on a CPU (--deterministic auto) |" in card
+    off = render_card({**config_json(), "deterministic": {**held, "mode": "off", "bit_exact": "no"}}, metrics_json())
+    assert "| repeatable | not bit for bit (--deterministic off) |" in off
+    assert "repeatable" not in render_card(config_json(), metrics_json())  # a run recorded before the switch
+
+
 def test_a_run_scored_by_a_process_that_trained_no_epoch_has_no_speed():
     metrics = {**metrics_json(), "train_images_per_second": None}  # killed after its last epoch, then re-run
     assert "| training speed | n/a (no epoch trained by the process that scored it) |" in render_card(config_json(), metrics)

@@ -98,6 +98,15 @@ def _data_section(config, run, dataset):
     return "\n".join(lines)
 
 
+def _repeatable(config):
+    """The row saying whether the same command repeats this run bit for bit (runs before `--deterministic`: none)."""
+    held = config.get("deterministic")
+    if not held:
+        return []
+    meaning = {"on the CPU": "bit for bit on a CPU", "yes": "bit for bit, on a GPU too", "no": "not bit for bit"}
+    return [("repeatable", f"{meaning.get(held['bit_exact'], held['bit_exact'])} (--deterministic {held['mode']})")]
+
+
 def _training_rows(config, run, metrics):
     batch = config.get("batch", {})
     distribution = config.get("distribution")
@@ -111,6 +120,7 @@ def _training_rows(config, run, metrics):
                       "added to the gradient"),
         ("precision", f"{config.get('precision', run['precision'])}, XLA {'on' if config.get('jit_compile') else 'off'}"),
         ("seed", run["seed"]),
+        *_repeatable(config),
         ("devices", ", ".join(config.get("devices", [])) or "n/a"),
     ]
     if distribution:
