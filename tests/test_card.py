@@ -59,6 +59,12 @@ def test_the_card_says_whether_the_run_repeats_bit_for_bit():
     assert "repeatable" not in render_card(config_json(), metrics_json())  # a run recorded before the switch
 
 
+def test_a_card_of_five_classes_or_fewer_shows_no_top5():
+    metrics = {k: v for k, v in metrics_json().items() if k != "test_top5_accuracy"}  # 3 classes: none recorded
+    card = render_card(config_json(), metrics)
+    assert "| test accuracy | 97.21% |" in card and "top-5" not in card
+
+
 def test_a_run_scored_by_a_process_that_trained_no_epoch_has_no_speed():
     metrics = {**metrics_json(), "train_images_per_second": None}  # killed after its last epoch, then re-run
     assert "| training speed | n/a (no epoch trained by the process that scored it) |" in render_card(config_json(), metrics)

@@ -199,7 +199,8 @@ def render_card(config, metrics, plots=(), tracked=None):
     run, dataset = config["run"], config["dataset"]
     written = datetime.date.today().isoformat()
     summary = _table([
-        ("test accuracy", f"{_percent(metrics['test_accuracy'])} (top-5 {_percent(metrics['test_top5_accuracy'])})"),
+        ("test accuracy", _percent(metrics["test_accuracy"])
+         + (f" (top-5 {_percent(metrics['test_top5_accuracy'])})" if "test_top5_accuracy" in metrics else "")),
         ("test loss", f"{metrics['test_loss']:.4f} (cross-entropy)"),
         ("best validation accuracy", f"{_percent(metrics['best_val_accuracy'])} (epoch {metrics['best_epoch']})"),
         ("training speed", "n/a (no epoch trained by the process that scored it)"
