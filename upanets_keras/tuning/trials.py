@@ -82,7 +82,10 @@ class _ConstrainedOracle(compat.ConstrainedSampling):
             self.report(self.trials[trial.trial_id], self.trial_seconds.get(trial.trial_id))
 
     def get_state(self):
-        return {**super().get_state(), "trial_seconds": self.trial_seconds}
+        state = super().get_state()
+        if "tried_so_far" in state:  # keras-tuner lists a set: in hash order, which differs from process to process
+            state["tried_so_far"] = sorted(state["tried_so_far"])  # so a finished search saved again is the same bytes
+        return {**state, "trial_seconds": self.trial_seconds}
 
     def set_state(self, state):
         super().set_state(state)
