@@ -272,7 +272,7 @@ def test_slices_of_a_batch_are_the_batch(tmp_path):
         make_train_dataset(*splits.train, splits.info, 64, shards=[0], num_shards=3)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes: `make soak`; `make test` kills mid-epoch in test_recipe.py (the in-memory pipeline)
 def test_a_disk_cached_run_killed_mid_epoch_resumes_exactly(tmp_path):
     data = make_folder(tmp_path / "photos", per_class=30)  # 65 training images: 4 steps of 16 per epoch
     common = ["train", "--dataset", "folder", "--data-dir", str(data), "--image-size", "16", "--filters", "4",

@@ -30,6 +30,26 @@ def test_help_is_instant_and_does_not_import_tensorflow():
     assert time.time() - start < 2.0
 
 
+def test_the_console_script_exits_with_the_commands_code_after_threads_and_atexit_hooks(tmp_path):
+    code = (
+        "import atexit, pathlib, sys, threading, time\n"
+        "from upanets_keras_cli.main import main\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "atexit.register(lambda: (out / 'atexit').write_text('ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), (out / 'thread').write_text('ran'))).start()\n"
+        "sys.argv[1:] = sys.argv[2:]\n"
+        "print('unflushed', end='')\n"
+        "main()\n"
+    )
+    for args, expected in ((["models"], 0), (["train", "--no-such"], 2)):
+        for name in ("atexit", "thread"):
+            (tmp_path / name).unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), *args], capture_output=True, text=True)
+        assert proc.returncode == expected, proc.stderr
+        assert proc.stdout.startswith("unflushed") and "Traceback" not in proc.stderr
+        assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "ran"
+
+
 def test_version_and_models():
     result = run("--version")
     assert result.exit_code == 0 and "upanets-keras, version" in result.output

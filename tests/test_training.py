@@ -165,7 +165,7 @@ def test_the_same_command_on_a_finished_run_prints_it_and_another_is_refused(tra
     assert result.exit_code == 0, result.output  # another run directory is fine
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes: `make soak`; `make test` kills and resumes in test_recipe.py and test_hostile_input.py
 def test_kill_and_resume_ends_with_the_same_number_of_epochs(tmp_path):
     out = tmp_path / "run"
     args = CLI + ["train", *TINY, "--epochs", "3", "-o", str(out)]

@@ -297,7 +297,7 @@ def test_one_search_per_project_a_dead_holder_is_taken_over_and_a_finished_one_i
     assert snapshot(tmp_path / "p") == before
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes, three processes: `make soak`, with the other multi-worker runs
 def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
     env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(free_port()))
     args = CLI + ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--directory", str(tmp_path),
