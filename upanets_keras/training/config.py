@@ -200,8 +200,8 @@ class TrainConfig:
 
 def dataset_augmentation(info):
     """`{"hflip", "crop_padding"}` of a dataset (a `DatasetInfo` or its dict): the paper's where valid."""
-    info = info if isinstance(info, dict) else info.to_dict()
-    return {"hflip": defaults.HFLIP if info["flip"] else 0.0, "crop_padding": int(info["pad"])}
+    flip, pad = (info["flip"], info["pad"]) if isinstance(info, dict) else (info.flip, info.pad)
+    return {"hflip": defaults.HFLIP if flip else 0.0, "crop_padding": int(pad)}
 
 
 # The recipe's switches in the order `recipe_summary` names them: (name, how its value reads, its value when off).
