@@ -23,6 +23,19 @@ def recipe_defaults(field):
     return ", ".join(f"{name}: {values[field]}" for name, values in defaults.RECIPES.items())
 
 
+SWITCH_TYPES = {"fraction": FiniteFloatRange(0, 1, max_open=True), "alpha": FiniteFloatRange(min=0),
+                "norm": FiniteFloatRange(min=0), "count": click.IntRange(min=1)}
+
+
+def switch_option(field, switch):
+    """The option of a recipe switch (`defaults.SWITCHES`): unset, it takes the recipe's value."""
+    flag = field.replace("_", "-")
+    help = f"{switch['help']} [default: {recipe_defaults(field)}]."
+    if switch["kind"] == "flag":
+        return click.option(f"--{flag}/--no-{flag}", default=None, help=help)
+    return click.option(f"--{flag}", type=SWITCH_TYPES[switch["kind"]], metavar=switch.get("metavar"), help=help)
+
+
 def _searchable(name, tune, type, default=None, help="", tune_default=None):
     """`--name`: `type` in `train`; in `tune` text parsed into the search space (`tuning.space.parse_option`)."""
     if tune:
@@ -93,22 +106,7 @@ def run_options(tune=False):
         click.option("--recipe", type=click.Choice(list(defaults.RECIPES)), default="paper", show_default=True,
                      help="paper: the paper's recipe; modern: the switches below on, at the defaults they list "
                      "(docs/training.md). Each option given overrides its recipe's value."),
-        click.option("--ema", type=FiniteFloatRange(0, 1, max_open=True), metavar="DECAY",
-                     help="Average the weights with this decay (warmed up); validation, best.keras and the test "
-                     f"scores use the average; 0: off [default: {recipe_defaults('ema')}]."),
-        click.option("--mixup", type=FiniteFloatRange(min=0), metavar="ALPHA",
-                     help=f"MixUp with Beta(ALPHA, ALPHA) weights and soft labels; 0: off "
-                     f"[default: {recipe_defaults('mixup')}]."),
-        click.option("--cutmix", type=FiniteFloatRange(min=0), metavar="ALPHA",
-                     help="CutMix with Beta(ALPHA, ALPHA) areas; with --mixup, half the batches each; 0: off "
-                     f"[default: {recipe_defaults('cutmix')}]."),
-        click.option("--randaugment/--no-randaugment", default=None,
-                     help=f"timm's rand-m9-n2 after crop and flip [default: {recipe_defaults('randaugment')}]."),
-        click.option("--clip-grad-norm", type=FiniteFloatRange(min=0), metavar="NORM",
-                     help=f"Clip the gradients' global norm; 0: off [default: {recipe_defaults('clip_grad_norm')}]."),
-        click.option("--grad-accum-steps", type=click.IntRange(min=1),
-                     help="Average the gradients of this many batches into one update "
-                     f"[default: {recipe_defaults('grad_accum_steps')}]."),
+        *(switch_option(field, switch) for field, switch in defaults.SWITCHES.items() if switch.get("option", True)),
         augmentation_options,
         click.option("--track", type=click.Choice(defaults.TRACKERS),
                      help="Also record the run (tune: each trial and the retraining) in MLflow (MLFLOW_TRACKING_URI) "
