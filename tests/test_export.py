@@ -155,6 +155,7 @@ def run_directory(folder, model, **run):
     return folder
 
 
+@pytest.mark.heavy
 def test_evaluate_and_predict_take_a_run_directory(tmp_path, workdir):
     folder = run_directory(tmp_path / "run", workdir / "m.keras", val_split=0.2, seed=3)
     scored = run("evaluate", folder, "--split", "val", "--json")  # the run's dataset and its validation split

@@ -205,7 +205,7 @@ SWITCH_RULES = {
     "fraction": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
     "alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
     "norm": (lambda v: v >= 0, ">= 0 (0: off)"),
-    "count": (lambda v: isinstance(v, int) and v >= 1, "an int >= 1"),
+    "count": (lambda v: isinstance(v, int) and v >= 1, ">= 1"),
     "flag": (lambda v: isinstance(v, bool), "True or False"),
 }
 
