@@ -148,11 +148,13 @@ def tune(config, overwrite=False, echo=print, log_every=None):
             terminal (default `defaults.LOG_EVERY`; 0: none); a terminal shows a bar.
 
     Returns:
-        The `metrics.json` dict of the retrained best model (`None` on a worker).
+        The project's `metrics.json` dict: the best trial, its hyperparameters and the retraining's
+        scores (`None` on a worker).
 
     Example:
+    >>> from upanets_keras.training import TrainConfig
     >>> from upanets_keras.tuning import TuneConfig
-    >>> tune(TuneConfig(dataset="digits", max_trials=8, epochs=5))  # doctest: +SKIP
+    >>> tune(TuneConfig(TrainConfig(dataset="digits", epochs=5), max_trials=8))  # doctest: +SKIP
     """
     config = config.resolved()
     determinism.apply(config.run.deterministic, echo)  # before this process's first op (the retraining's is a train())
