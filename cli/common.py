@@ -167,7 +167,24 @@ DATASETS, VARIANT_NAMES = defaults.DATASETS, tuple(defaults.VARIANTS)
 PRECISIONS, JIT_CHOICES, CACHE_MODES = defaults.PRECISIONS, defaults.JIT_CHOICES, defaults.CACHE_MODES
 STRATEGIES, BATCH_MODES, LR_SCALINGS = defaults.STRATEGIES, defaults.BATCH_MODES, defaults.LR_SCALINGS
 TTA_MODES = defaults.TTA_MODES
-MODEL_HELP = "a .keras model, or an exported .tflite / .onnx file or SavedModel folder"
+MODEL_HELP = "a .keras model, an exported .tflite / .onnx file or SavedModel folder, or a run directory"
+
+
+def from_run(path, options):
+    """MODEL a run directory: its `best.keras`, with its `config.json`'s data options where none was given.
+
+    `options` maps parameter names to values; those left at their default take the run's.
+    Returns `(model path, options)`; any other MODEL comes back as it is.
+    """
+    from upanets_keras import runs
+
+    if not runs.is_run(path):
+        return path, options
+    found = runs.open_run(path)
+    ctx = click.get_current_context()
+    given = {name for name in options if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    return found.model, {name: found.data[name] if name not in given and found.data.get(name) is not None else value
+                         for name, value in options.items()}
 
 
 def cache_options(command):

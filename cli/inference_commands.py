@@ -3,14 +3,14 @@
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, MODEL_HELP, RECIPE, FiniteFloatRange, cache_options, check_output_path, output_folder, tta_option,
+    DATASETS, RECIPE, FiniteFloatRange, cache_options, check_output_path, from_run, output_folder, tta_option,
     user_errors,
 )
 
 
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
-@click.option("--dataset", type=click.Choice(DATASETS), required=True)
+@click.option("--dataset", type=click.Choice(DATASETS), help="The dataset [default: a run directory's; needed for a model file].")
 @click.option("--data-dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--batch-size", default=RECIPE["batch_size"], show_default=True, type=click.IntRange(min=1))
@@ -24,19 +24,26 @@ from upanets_keras_cli.common import (
 @user_errors
 def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, plot, overwrite, as_json, tta, cache,
              cache_dir):
-    """Score a model on a dataset split: a .keras file or an exported artifact.
+    """Score a model on a dataset split: a run directory, a .keras file or an exported artifact.
 
-    MODEL is a .keras model, or what `export` wrote (.tflite, .onnx or a
-    SavedModel folder), run by its own runtime, so the accuracy of what will
-    be deployed (int8 included) is measured. Prints top-1, top-5 (more than
+    MODEL is a run directory (its best.keras, scored on the dataset, data
+    folder and split its config.json records; options given win), a .keras
+    model, or what `export` wrote (.tflite, .onnx or a SavedModel folder), run
+    by its own runtime, so the accuracy of what will be deployed (int8
+    included) is measured. Prints top-1, top-5 (more than
     5 classes), loss and per-class accuracy. The model's own preprocessing is
     used. --tta flip scores the mean probabilities of each image and its
     mirror image. --plot refuses an existing file without --overwrite.
 
-    Example: upanets-keras evaluate runs/digits-upanets8/best.keras --dataset digits
+    Example: upanets-keras evaluate runs/digits-upanets8
     """
     import json
 
+    model_path, data = from_run(model_path, {"dataset": dataset, "data_dir": data_dir, "val_split": val_split,
+                                             "seed": seed, "cache": cache, "cache_dir": cache_dir})
+    if data["dataset"] is None:
+        raise click.UsageError("--dataset is needed to score a model file (a run directory records its dataset)")
+    dataset = data.pop("dataset")
     if plot:
         check_output_path(plot, overwrite, "--plot")  # before the evaluation, not after it
     from upanets_keras.artifacts import load_artifact
@@ -46,8 +53,7 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
     if model.format == "keras" and model.model.pixel_mean is None:
         click.echo("warning: the model has no built-in normalisation; it is fed raw 0-255 pixels", err=True)
     names = model.class_names
-    result = {"model": model_path, **evaluate_split(model, dataset, split, batch_size, tta, data_dir=data_dir,
-                                                     val_split=val_split, seed=seed, cache=cache, cache_dir=cache_dir)}
+    result = {"model": model_path, **evaluate_split(model, dataset, split, batch_size, tta, **data)}
     if plot:
         plot_confusion_matrix(result["confusion_matrix"], names, output_folder(plot))
     if as_json:
@@ -77,7 +83,7 @@ def evaluate(model_path, dataset, data_dir, split, batch_size, val_split, seed, 
 @tta_option
 @user_errors
 def predict(model_path, images, top_k, as_json, output, print_all, overwrite, tta):
-    """Classify images with a .keras model or an exported artifact.
+    """Classify images with a run directory's best.keras, a .keras model or an exported artifact.
 
     IMAGES are image files or folders (read recursively; unreadable files in
     a folder are reported and skipped). Images of any size and mode are
@@ -86,7 +92,7 @@ def predict(model_path, images, top_k, as_json, output, print_all, overwrite, tt
     CSV or JSON instead and prints one summary line (--print: every line too).
     --tta flip lists the mean probabilities of each image and its mirror image.
 
-    Example: upanets-keras predict best.keras photos/ --output results.csv
+    Example: upanets-keras predict runs/digits-upanets8 photos/ --output results.csv
     """
     import json
 
@@ -97,7 +103,7 @@ def predict(model_path, images, top_k, as_json, output, print_all, overwrite, tt
         raise click.BadParameter("must end in .csv or .json", param_hint="--output")
     if output:
         check_output_path(output, overwrite, "--output")
-    model = load_artifact(model_path)
+    model = load_artifact(from_run(model_path, {})[0])
     names = model.class_names
     if top_k is not None and top_k > len(names):
         raise click.BadParameter(

@@ -5,12 +5,13 @@ import os
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, load_light,
-    deterministic_option, output_folder, user_errors,
+    DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, from_run,
+    load_light, deterministic_option, output_folder, user_errors,
 )
 
 NORMALIZATIONS = defaults.NORMALIZATIONS
-EXPORT_FORMATS = list(load_light("formats").FORMATS)  # upanets_keras.formats, read without importing TensorFlow
+formats = load_light("formats")  # upanets_keras.formats, read without importing TensorFlow
+EXPORT_FORMATS = list(formats.FORMATS)
 
 
 @click.command()
@@ -82,13 +83,16 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
 
 
 @click.command(name="export")
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(),
-              help="The artifact: a folder for saved_model, a .tflite file for litert, a .onnx file for onnx.")
-@click.option("--format", "format_", required=True, type=click.Choice(EXPORT_FORMATS))
-@click.option("--quantize", type=click.Choice(["float16", "int8"]),
-              help="LiteRT only. float16: float16 weights; int8: full-integer, calibrated on --dataset.")
-@click.option("--dataset", type=click.Choice(DATASETS), help="Calibration images for --quantize int8 (its training split).")
+              help="The artifact: " + ", ".join(f"a {s} file for {f}" if s else f"a folder for {f}"
+                                                for f, s in formats.FORMATS.items()) + ".")
+@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS),
+              help="[default: from --output's suffix; none: saved_model]")
+@click.option("--quantize", type=click.Choice(formats.all_quantizations()),
+              help=", ".join(formats.QUANTIZATIONS) + " only. float16: float16 weights; int8: full-integer, "
+              "calibrated on --dataset.")
+@click.option("--dataset", type=click.Choice(DATASETS), help="Calibration and check images (its training split) [default: a run directory's].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data folder of --dataset, as for train.")
 @click.option("--calibration-images", default=300, show_default=True, type=click.IntRange(min=1),
               help="Training images used to calibrate int8.")
@@ -97,7 +101,7 @@ def convert(checkpoint, output, filters, blocks, num_classes, image_size, normal
 @user_errors
 def export_command(model_path, output, format_, quantize, dataset, data_dir, calibration_images, overwrite, cache,
                    cache_dir):
-    """Export a .keras model for serving and check it computes the same function.
+    """Export a run directory's best.keras (or a .keras model) for serving; check it computes the same function.
 
     Writes a SavedModel (TF Serving's serving_default signature), a LiteRT
     .tflite (float32, float16 or int8) or an ONNX file. Every artifact takes
@@ -107,7 +111,11 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
     process and compared with the .keras model; a float32 artifact that
     differs by more than 1e-4 (relative) is refused and nothing is written.
 
-    Example: upanets-keras export best.keras -o best.tflite --format litert --quantize int8 --dataset digits
+    MODEL is a run directory (its best.keras; its config.json gives --dataset
+    and --data-dir unless given) or a .keras file. The format comes from the
+    output's suffix unless --format says it.
+
+    Example: upanets-keras export runs/digits-upanets8 -o best.tflite --quantize int8
     """
     if os.environ.get("KERAS_BACKEND") != "tensorflow":
         raise click.ClickException(
@@ -116,6 +124,18 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
     import upanets_keras
     from upanets_keras.export import check_request, dataset_images, export_model
 
+    model_path, data = from_run(model_path, {"dataset": dataset, "data_dir": data_dir, "cache": cache,
+                                             "cache_dir": cache_dir})
+    dataset, data_dir, cache, cache_dir = data["dataset"], data["data_dir"], data["cache"], data["cache_dir"]
+    if os.path.isdir(model_path):
+        raise click.BadParameter(f"{model_path} is a folder but not a run directory (no config.json)",
+                                 param_hint="MODEL")
+    if format_ is None:
+        format_ = formats.format_of(output)
+        if format_ in (None, "keras"):
+            suffixes = ", ".join(s for s in formats.FORMATS.values() if s)
+            raise click.UsageError(f"cannot tell the format from -o {output}: end it in {suffixes}, give no suffix "
+                                   "for a SavedModel folder, or pass --format")
     calibration, check = None, None
     if quantize == "int8" and dataset is None:
         raise click.UsageError("--quantize int8 needs calibration images: add --dataset (and --data-dir)")

@@ -112,6 +112,7 @@ OWN_GROUP = {
     "test_tuning.py": [
         "test_distributed_search_with_a_chief_and_two_workers",
         "test_tune_end_to_end_with_budget_resume_and_safe_loading",
+        "test_modern_fine_tuning_search_a_trial_killed_mid_epoch_resumes_and_the_retraining_is_a_train_run",
     ],
     "test_training.py": ["test_kill_and_resume_ends_with_the_same_number_of_epochs"],
     "test_hostile_input.py": ["test_killed_at_any_stage_then_the_same_command_finishes"],
@@ -129,6 +130,7 @@ SLOWEST_GROUPS = [
     "test_backends.py",  # trains the shared JAX and PyTorch runs first, before the groups below use them
     "test_hostile_input.py::test_killed_at_any_stage_then_the_same_command_finishes",
     "test_tuning.py",
+    "test_tuning.py::test_modern_fine_tuning_search_a_trial_killed_mid_epoch_resumes_and_the_retraining_is_a_train_run",
     "test_training.py::test_kill_and_resume_ends_with_the_same_number_of_epochs",
     "test_hostile_input.py",
     "test_training.py",

@@ -90,3 +90,11 @@ def test_the_graph_is_read():
 def test_no_import_circles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_collectives_room_reads_no_data():
+    """`distribute/` shards and spreads what `training.assemble` builds; it imports nothing of `data/`."""
+    graph = import_graph()
+    for module, imports in graph.items():
+        if module.startswith("upanets_keras.distribute"):
+            assert not {m for m in imports if m.startswith("upanets_keras.data")}, module

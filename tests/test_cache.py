@@ -232,11 +232,15 @@ from upanets_keras import data as D
 from upanets_keras.data.pipeline import make_train_dataset
 from upanets_keras.distribute.distribution import ReplicatedDistribution
 from upanets_keras.distribute.strategies import make_strategy
+from upanets_keras.training import Plan, TrainConfig
+from upanets_keras.training.assemble import train_input
 splits = D.load_splits("digits", image_size=16, cache=sys.argv[1], cache_dir=sys.argv[2])
 whole = [(x.numpy(), y.numpy())
          for x, y in make_train_dataset(*splits.train, splits.info, 64, seed=2, first_epoch=1).take(3)]
 strategy = make_strategy("mirrored")
-stream = iter(ReplicatedDistribution(strategy, 64).train_dataset(*splits.train, splits.info, 2, 1))
+config = TrainConfig(dataset="digits", seed=2, batch_size=64).resolved()  # the dataset's crop and flip
+plan = Plan.resolve(config, ReplicatedDistribution(strategy, 64), splits.info, len(splits.train[0]))
+stream = iter(train_input(plan, *splits.train, 1))
 same = True
 for x, y in whole:
     images, labels = next(stream)

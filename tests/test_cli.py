@@ -165,6 +165,30 @@ def test_the_cli_offers_what_the_library_accepts_with_the_same_defaults():
                 assert param.get_default(click.Context(command)) == defaults.RECIPE[param.name], (name, param.name)
 
 
+def test_train_and_tune_take_every_run_option_declared_once():
+    """One option for each `TrainConfig` field but `output_dir`, the same in both commands but for what a search varies."""
+    import dataclasses
+
+    from upanets_keras.training import TrainConfig
+    from upanets_keras_cli.main import cli
+    from upanets_keras_cli.run_options import SEARCHABLE
+
+    train, tune = ({p.name: p for p in cli.commands[name].params} for name in ("train", "tune"))
+    run = {f.name for f in dataclasses.fields(TrainConfig)} - {"output_dir"} | {"log_every"}
+    assert run <= set(train) and run <= set(tune)
+    assert set(train) - run == {"output_dir", "overwrite", "extend", "config"}
+    assert set(tune) - run - {"config", "overwrite", "learning_rate"} == {
+        "tuner", "max_trials", "objective", "max_params", "search_space", "final_epochs", "directory",
+        "project_name", "connect_timeout"}
+    assert tune["learning_rate"].hidden  # the old name of --lr, kept for scripts
+    for name in sorted(run):
+        ours, theirs = train[name], tune[name]
+        assert ours.opts == theirs.opts, name
+        if name in SEARCHABLE or name == "epochs":
+            continue  # tune: one value or choices to search; epochs: a trial's, 10 by default
+        assert (type(ours.type), ours.default, ours.help) == (type(theirs.type), theirs.default, theirs.help), name
+
+
 def test_only_user_errors_become_one_line_and_bugs_keep_their_traceback():
     from click.testing import CliRunner
 

@@ -112,7 +112,7 @@ def test_train_and_tune_take_the_same_switch():
 
     assert TrainConfig(deterministic="off").resolved().deterministic == "off"
     assert "deterministic" in TrainConfig.NOT_IDENTITY  # a resumed run may change it: the function is the same
-    for config in (TrainConfig(deterministic="maybe"), TuneConfig(deterministic="maybe")):
+    for config in (TrainConfig(deterministic="maybe"), TuneConfig(TrainConfig(deterministic="maybe"))):
         with pytest.raises(ConfigError, match="deterministic='maybe'"):
             config.resolved()
 

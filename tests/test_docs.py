@@ -262,8 +262,8 @@ def tiny(command, trained):
             args = _set(args, option, value)
         if command.option("--exported"):  # one format: the export commands run every format already
             args = _set(args, "--exported", None) + ["--exported", next(a for p, a in zip(args, args[1:]) if p == "--exported")]
-    elif name in ("evaluate", "predict", "export") and args and args[0].endswith(".keras"):
-        args[0] = trained
+    elif name in ("evaluate", "predict", "export") and args and (args[0].endswith(".keras") or args[0].startswith("runs/")):
+        args[0] = trained if args[0].endswith(".keras") else str(pathlib.Path(trained).parent)  # a run directory
     elif name == "convert":
         args[0] = str(ROOT / "tests" / "fixtures" / "upanets_f4_c10_b1_img32.npz")
         if "--filters" in args:
@@ -353,7 +353,8 @@ def test_doc_commands_run(tmp_path):
     exported = {c.option("-o") for c in runs if c.name == "export"}
     for step in steps:  # an artifact made by a parse-only export cannot be evaluated
         argv = step["argv"] or []
-        if argv[:1] and argv[0] in ("evaluate", "predict") and not argv[1].endswith(".keras") and argv[1] not in exported:
+        if argv[:1] and argv[0] in ("evaluate", "predict") and not argv[1].endswith(".keras") and \
+                argv[1] not in exported and argv[1] != str(pathlib.Path(trained).parent):
             raise AssertionError(f"{step['where']}: {argv[1]} is written by no command the chain runs")
     (tmp_path / "steps.json").write_text(json.dumps(steps))
     start = time.time()

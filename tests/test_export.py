@@ -146,6 +146,42 @@ def test_mixed_precision_model_exports_in_float32(tmp_path):
     assert logits.dtype == np.float32 and logits.shape == (2, 10)
 
 
+def run_directory(folder, model, **run):
+    """A run directory as `train` leaves it, as far as evaluate, predict and export read it."""
+    folder.mkdir()
+    (folder / "best.keras").write_bytes(model.read_bytes())
+    run = {"dataset": "digits", "data_dir": None, "val_split": 0.1, "seed": 0, "image_size": None, **run}
+    (folder / "config.json").write_text(json.dumps({"run": run, "dataset": {"image_size": SIZE}}))
+    return folder
+
+
+@pytest.mark.heavy
+def test_evaluate_and_predict_take_a_run_directory(tmp_path, workdir):
+    folder = run_directory(tmp_path / "run", workdir / "m.keras", val_split=0.2, seed=3)
+    scored = run("evaluate", folder, "--split", "val", "--json")  # the run's dataset and its validation split
+    assert scored.exit_code == 0, scored.output
+    result = json.loads(scored.output.strip().splitlines()[-1])
+    assert result["dataset"] == "digits" and result["num_images"] == 287 and result["model"].endswith("best.keras")
+    given = run("evaluate", folder, "--split", "val", "--val-split", "0.1", "--json")  # an option given wins
+    assert json.loads(given.output.strip().splitlines()[-1])["num_images"] == 145
+    file_alone = run("evaluate", folder / "best.keras")
+    assert file_alone.exit_code == 2 and "--dataset is needed" in file_alone.output
+    Image.new("RGB", (20, 20)).save(tmp_path / "x.png")
+    predicted = run("predict", folder, tmp_path / "x.png", "--json")
+    assert predicted.exit_code == 0 and json.loads(predicted.output)["image"].endswith("x.png"), predicted.output
+
+
+@pytest.mark.heavy
+def test_export_takes_a_run_directory_and_the_format_from_the_suffix(tmp_path, workdir):
+    folder = run_directory(tmp_path / "run", workdir / "m.keras")
+    unknown = run("export", folder, "-o", tmp_path / "m.bin")
+    assert unknown.exit_code == 2 and "cannot tell the format" in unknown.output and not (tmp_path / "m.bin").exists()
+    result = run("export", folder, "-o", tmp_path / "m.onnx")
+    assert result.exit_code == 0, result.output
+    assert "as onnx" in result.output and "on 64 images" in result.output  # checked on the run's dataset
+    assert evaluate_json(tmp_path / "m.onnx")["format"] == "onnx"
+
+
 @pytest.mark.heavy
 def test_predict_on_a_folder_writes_every_result(tmp_path, exported):
     rng = np.random.default_rng(0)
@@ -243,7 +279,9 @@ def test_export_prints_no_tensorflow_deprecation_noise(exported):
 
 
 def test_the_cli_offers_every_export_format():
+    from upanets_keras.artifacts import RUNNERS
     from upanets_keras.export import FORMATS
     from upanets_keras_cli.model_commands import EXPORT_FORMATS
 
     assert sorted(EXPORT_FORMATS) == sorted(FORMATS)
+    assert set(RUNNERS) == {"keras", *FORMATS}  # each format declared in formats.py is run by evaluate and predict

@@ -128,7 +128,7 @@ def test_tune_killed_at_random_instants_ends_as_an_uninterrupted_search(tmp_path
         ours = tmp_path / name / "p"
         keys = ("trial", "filters", "status", "val_accuracy")
         assert sorted(rows(ours / "trials.csv", *keys)) == sorted(rows(reference / "trials.csv", *keys))
-        assert_same_weights(ours / "best.keras", reference / "best.keras")
+        assert_same_weights(ours / "best" / "best.keras", reference / "best" / "best.keras")
         metrics = json.loads((ours / "metrics.json").read_text())
         assert metrics["test_accuracy"] == json.loads((reference / "metrics.json").read_text())["test_accuracy"]
 

@@ -172,9 +172,11 @@ def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, mo
     best = max(rows, key=lambda r: float(r["efficiency"]))
     metrics = json.loads((project / "metrics.json").read_text())
     assert metrics["trial"] == best["trial"] and metrics["hyperparameters"]["filters"] == int(best["filters"])
-    assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["final_epochs"] == 1
-    assert metrics["train_images"] == 1293 + 145
-    assert sum(row["images"] for row in metrics["per_class"]) == 359 and (project / "confusion.png").is_file()
+    assert 0.1 < metrics["test_accuracy"] <= 1 and metrics["final_epochs"] == 1 and metrics["run"] == "best"
+    retrained = project / "best"  # an ordinary run directory, as train writes it
+    assert json.loads((retrained / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert json.loads((retrained / "config.json").read_text())["dataset"]["images"]["train"] == 1293
+    assert all((retrained / name).is_file() for name in ("README.md", "confusion.png", "history.csv"))
     search = json.loads((project / "search.json").read_text())
     assert search["search"]["search_space"]["filters"] == [4, 8, 12] and search["run"]["max_params"] == budget
 
@@ -183,7 +185,7 @@ def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, mo
         "m = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
         "print(m.name, m.predict(np.zeros((2, 16, 16, 3), 'float32'), verbose=0).shape)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(project / "best.keras")], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, str(retrained / "best.keras")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == [f"upanets{best['filters']}", "(2,", "10)"]
 
@@ -203,7 +205,7 @@ def test_tune_end_to_end_with_budget_resume_and_safe_loading(tmp_path, capfd, mo
     (["--filters", "6,10", "--blocks", "2,3"], "no configuration of the search space can be built"),
     (["--filters", "8", "--max-params", "10k"], "every configuration is over --max-params 10,000"),
     (["--max-params", "lots"], "expected a parameter count"),
-    (["--strategy", "multiworker"], "Invalid value for '--strategy'"),
+    (["--strategy", "multiworker"], "a trial runs with one of the strategies"),
     (["--hflip", "2"], "Invalid value for '--hflip'"),
 ])
 def test_bad_tune_input_is_one_line(tmp_path, args, message):
@@ -322,8 +324,8 @@ def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
     rows = read_trials(tmp_path / "digits")
     assert sorted(r["trial"] for r in rows) == ["0", "1"]
     assert len({r["filters"] for r in rows}) == 2
-    assert "Wrote" in outputs["chief"] and (tmp_path / "digits" / "best.keras").is_file()
-    assert json.loads((tmp_path / "digits" / "search.json").read_text())["run"]["strategy"] == "mirrored"
+    assert "Wrote" in outputs["chief"] and (tmp_path / "digits" / "best" / "best.keras").is_file()
+    assert json.loads((tmp_path / "digits" / "search.json").read_text())["run"]["run"]["strategy"] == "mirrored"
 
 
 @pytest.mark.heavy
@@ -339,16 +341,78 @@ def test_worker_that_cannot_reach_the_chief_fails_fast(tmp_path):
     assert time.time() - start < 60
 
 
-def test_trials_train_with_the_searchs_hflip_and_crop_padding():
-    import numpy as np
+def test_a_trial_is_the_run_with_its_hyperparameters():
+    from upanets_keras.tuning.hypermodel import trial_config
 
-    from upanets_keras.data import DatasetInfo
-    from upanets_keras.data.draws import epoch_order
-    from upanets_keras.tuning.prepare import trial_datasets
+    run = TrainConfig(dataset="digits", epochs=2, recipe="modern", hflip=1.0, crop_padding=0, init_from="a.keras",
+                      freeze_epochs=1, variant="upanets16")
+    config = TuneConfig(run, search_space={"filters": [4, 8], "learning_rate": [0.05, 0.1]}).resolved()
+    assert config.final_epochs == 2 and config.project_name == "digits"
+    trial = trial_config(config.run, {"filters": 8, "blocks": 1, "learning_rate": 0.05, "tuner/epochs": 2})
+    assert (trial.filters, trial.lr, trial.variant) == (8, 0.05, None)  # the searched values win; the name goes
+    assert (trial.recipe, trial.ema, trial.hflip, trial.crop_padding) == ("modern", 0.999, 1.0, 0)
+    assert (trial.init_from, trial.freeze_epochs, trial.label_smoothing) == ("a.keras", 1, 0.1)
+    with pytest.raises(TuningError, match="--freeze-epochs must be below --final-epochs"):
+        TuneConfig(run, final_epochs=1).resolved()
+    assert "run" in config.identity() and "output_dir" not in config.identity()["run"]
 
-    x = np.random.default_rng(0).integers(1, 256, (16, 8, 8, 3), dtype=np.uint8)
-    info = DatasetInfo("toy", 2, ["a", "b"], 8, (0.5,) * 3, (0.25,) * 3, pad=1, flip=True)
-    config = TuneConfig(dataset="digits", batch_size=8, hflip=1.0, crop_padding=0).resolved()
-    train, _ = trial_datasets(config, info, (x, np.arange(16) % 2), (x, np.arange(16) % 2))
-    images, _ = next(iter(train))
-    np.testing.assert_array_equal(np.asarray(images), x[epoch_order(config.seed, 0, 16, 8)[0]][:, :, ::-1])
+
+def test_a_search_saved_before_trials_were_runs_is_refused_in_one_line(tmp_path):
+    project = tmp_path / "digits"
+    project.mkdir()
+    (project / "search.json").write_text(json.dumps({"search": {"dataset": "digits", "epochs": 1}}))
+    result = run("tune", "--dataset", "digits", "--image-size", "16", "--directory", tmp_path)
+    assert result.exit_code == 1 and "saved by an earlier upanets-keras" in result.output
+    assert "--overwrite" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.heavy
+def test_modern_fine_tuning_search_a_trial_killed_mid_epoch_resumes_and_the_retraining_is_a_train_run(tmp_path):
+    """tune --recipe modern --init-from --freeze-epochs 1: the trial's config.json, a kill mid-epoch, resume, retraining."""
+    from upanets_keras.model import build_upanets
+
+    source = tmp_path / "source.keras"
+    build_upanets(filters=4, blocks=1, num_classes=10, input_shape=(16, 16, 3)).save(source)
+    options = ["--dataset", "digits", "--image-size", "16", "--batch-size", "32", "--epochs", "2", "--recipe", "modern",
+               "--init-from", str(source), "--freeze-epochs", "1", "--blocks", "1"]
+    args = CLI + ["tune", *options, "--filters", "4,8", "--lr", "0.05,0.1", "--max-trials", "1",
+                  "--log-every", "0.2", "--directory", str(tmp_path), "--project-name", "p"]
+    project = tmp_path / "p"
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # a progress line within the trial's second epoch: kill the search there
+            if re.match(r"trial 0 epoch 2/2  step \d+/40", line):
+                first.send_signal(signal.SIGKILL)
+                break
+    finally:
+        first.kill()
+        first.wait()
+    trial = project / "trial_0" / "run"
+    killed = trial / "history.csv"
+    assert killed.read_text().count("\n") == 2, "killed in epoch 2: one epoch done"  # header and epoch 1
+    epoch_one = killed.read_text()
+    lock = trial / ".lock"
+    deadline = time.time() + 30
+    while lock.exists() and time.time() < deadline:  # the trial process dies with the search (PR_SET_PDEATHSIG)
+        try:
+            os.kill(int(lock.read_text().split()[0]), 0)
+        except (OSError, ValueError):
+            break
+        time.sleep(0.1)
+
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert f"trial 0 Resuming {trial} after epoch 1 of 2." in result.stdout  # from its backup, not from zero
+    assert (trial / "history.csv").read_text().startswith(epoch_one)
+    assert "only filters=4 blocks=1 (its own) can start from it" in result.stdout
+    recorded = json.loads((trial / "config.json").read_text())
+    assert recorded["run"]["recipe"] == "modern" and recorded["run"]["ema"] == 0.999
+    assert recorded["run"]["freeze_epochs"] == 1 and recorded["init_from"]["source"]
+    assert recorded["precision"] == "float32" and recorded["batch"] == {"global_batch_size": 32,
+                                                                        "lr": recorded["run"]["lr"]}
+
+    # The retraining is a train() run of the same TrainConfig (final epochs = a trial's): the killed and
+    # resumed trial has its history byte for byte; the CLI's train builds that TrainConfig from the same
+    # options (test_cli.py; NOTES-36.md compares a `train` command's history.csv too).
+    assert json.loads((project / "metrics.json").read_text())["trial"] == "0"
+    assert (trial / "history.csv").read_bytes() == (project / "best" / "history.csv").read_bytes()

@@ -159,22 +159,20 @@ def epoch_worker(args):
 
     from upanets_keras import data as data_lib
     from upanets_keras.benchmark import _disk_cached
-    from upanets_keras.training import TrainConfig, Throughput, build_model, compile_for_training, fit
-    from upanets_keras.training import resolve_jit, resolve_precision
+    from upanets_keras.training import Plan, TrainConfig, Throughput, assemble, fit
 
     x, y = synthetic_batch(args.images, args.image_size, 10)
     info = data_lib.DatasetInfo(name="synthetic", num_classes=10, class_names=[str(i) for i in range(10)],
                                 image_size=args.image_size, mean=CIFAR_MEAN, std=CIFAR_STD, pad=args.image_size // 8, flip=True)
     config = TrainConfig(variant=args.variant, batch_size=args.batch[0], epochs=args.epochs,
                          precision=args.precision[0]).resolved()
-    precision, jit = resolve_precision(config.precision), resolve_jit(config.jit_compile)
-    steps = args.images // config.batch_size
+    plan = Plan.on_one_device(config, 10, args.image_size, CIFAR_MEAN, CIFAR_STD, train_images=args.images)
+    precision, steps = plan.precision, plan.steps
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         x, y = _disk_cached(x, y, folder)
         cache_seconds = time.perf_counter() - start
-        model = build_model(config, 10, (args.image_size, args.image_size, 3), precision, CIFAR_MEAN, CIFAR_STD)
-        compile_for_training(model, config, steps, jit, precision)
+        model = assemble.build(plan)
         throughput = Throughput(steps * config.batch_size)
         fit(model, data_lib.train_input(x, y, info, config.batch_size, seed=0), config.epochs, steps,
             callbacks=[throughput])

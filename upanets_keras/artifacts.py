@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 
 from upanets_keras.errors import UPANetsError
-from upanets_keras.formats import EXTRA_HINT, labels_path
+from upanets_keras.formats import EXTRA_HINT, format_of, labels_path
 from upanets_keras.quiet import native_output_filtered
 from upanets_keras.runtime import available_cpus
 
@@ -34,9 +34,9 @@ def artifact_format(path):
             return "saved_model"
         raise ArtifactError(f"{path} is a folder but not a SavedModel (no saved_model.pb): pass a .keras, "
                             ".tflite or .onnx file or an exported SavedModel folder")
-    for suffix, name in ((".keras", "keras"), (".tflite", "litert"), (".onnx", "onnx")):
-        if path.endswith(suffix):
-            return name
+    name = format_of(path)
+    if name not in (None, "saved_model"):  # a SavedModel is a folder
+        return name
     raise ArtifactError(f"{path} is not a model this tool runs: pass a .keras, .tflite or .onnx file or a "
                         "SavedModel folder")
 

@@ -5,7 +5,6 @@ import os
 import statistics
 import time
 
-import keras
 import numpy as np
 
 from upanets_keras import backend, determinism, runtime
@@ -13,15 +12,8 @@ from upanets_keras import data as data_lib
 from upanets_keras.data.inputs import uses_tf_data
 from upanets_keras.defaults import CIFAR_MEAN, CIFAR_STD
 from upanets_keras.errors import ConfigError
-from upanets_keras.model import build_upanets
 from upanets_keras.timing import PIPELINE_BATCHES, images_per_second, synthetic_batch, time_calls
-from upanets_keras.training import (
-    TrainConfig,
-    compile_for_training,
-    resolve_jit,
-    resolve_precision,
-    versions,
-)
+from upanets_keras.training import Plan, TrainConfig, assemble, versions
 from upanets_keras.variants import count_parameters, variant_config
 
 CIFAR_EPOCH = 50_000  # images in one CIFAR-10/100 training epoch
@@ -122,16 +114,12 @@ def prepare_model(filters=16, blocks=1, num_classes=10, batch_size=100, image_si
     Example:
     >>> model, x, y, precision, jit = prepare_model(filters=4, image_size=16, batch_size=8)
     """
-    config = TrainConfig(filters=filters, blocks=blocks, batch_size=batch_size,
-                         precision=precision, jit_compile=jit_compile).resolved()
-    policy, jit = resolve_precision(config.precision), resolve_jit(config.jit_compile)
-    keras.utils.set_random_seed(seed)
-    model = build_upanets(
-        filters=filters, blocks=blocks, num_classes=num_classes,
-        input_shape=(image_size, image_size, 3), pixel_mean=CIFAR_MEAN, pixel_std=CIFAR_STD,
-        dtype=policy, name=name,
-    )
-    compile_for_training(model, config, CIFAR_EPOCH // batch_size, jit, policy)
+    config = TrainConfig(filters=filters, blocks=blocks, batch_size=batch_size, precision=precision,
+                         jit_compile=jit_compile, seed=seed, variant=name).resolved()
+    plan = Plan.on_one_device(config, num_classes, image_size, CIFAR_MEAN, CIFAR_STD,
+                              train_images=CIFAR_EPOCH // batch_size * batch_size)
+    model = assemble.build(plan)
+    policy, jit = plan.precision, plan.jit_compile
     images, labels = synthetic_batch(batch_size, image_size, num_classes, seed)
     return model, images.astype(np.float32), np.eye(num_classes, dtype=np.float32)[labels], policy, jit
 

@@ -226,16 +226,6 @@ def keras_tuner_distribute():
     return importlib.import_module("keras_tuner.src.distribute.utils")
 
 
-def save_best_epoch_callback(objective, path):
-    """keras-tuner's `SaveBestEpoch`: its trial checkpoint, which its tuners reload; not exported publicly."""
-    return importlib.import_module("keras_tuner.src.engine.tuner_utils").SaveBestEpoch(objective, path)
-
-
-def trial_files(tuner, trial_id):
-    """`(checkpoint, build config)` paths of a trial, where keras-tuner itself reads and writes them."""
-    return tuner._get_checkpoint_fname(trial_id), tuner._get_build_config_fname(trial_id)
-
-
 def write_keras_tuner_state_atomically(atomic_write):
     """Make keras-tuner write its state files (`oracle.json`, `trial.json`, `tuner0.json`) through `atomic_write`.
 
@@ -300,7 +290,6 @@ def _lookups():
 
     trainer = importlib.import_module("keras.src.backend.tensorflow.trainer")
     kt_utils = keras_tuner_distribute()
-    kt_tuner_utils = importlib.import_module("keras_tuner.src.engine.tuner_utils")
     kt_json = importlib.import_module("keras_tuner.src.utils")
     mirrored = mirrored_strategy.MirroredExtended
     collective = collective_all_reduce_strategy.CollectiveAllReduceExtended
@@ -311,9 +300,8 @@ def _lookups():
         (collective, "_check_health_timeout"),
         (keras.Model, "_symbolic_build"), (keras.Model, "_maybe_symbolic_build"),
         (trainer, "reduce_per_replica"), (trainer, "_collective_all_reduce_multi_worker"),
-        (kt_utils, "has_chief_oracle"), (kt_utils, "is_chief_oracle"), (kt_tuner_utils, "SaveBestEpoch"),
+        (kt_utils, "has_chief_oracle"), (kt_utils, "is_chief_oracle"),
         (kt_json, "save_json"),
-        (keras_tuner.Tuner, "_get_checkpoint_fname"), (keras_tuner.Tuner, "_get_build_config_fname"),
         (oracle, "_random_values"), (oracle, "_compute_values_hash"), (oracle, "_tried_so_far"),
         (oracle, "_max_collisions"), (_pywrap_util_port, "IsMklEnabled"),
         (convert_to_constants, "convert_variables_to_constants_v2"), (deprecation, "silence"),

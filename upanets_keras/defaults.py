@@ -27,15 +27,35 @@ RECIPE = {
     "seed": 0,
 }
 
-# The opt-in parts of the modern recipe, and what each `--recipe` sets for the options not given.
-# `ema` is the decay (0: off), `mixup`/`cutmix` the Beta alpha (0: off), `clip_grad_norm` the global
-# norm (0: off), `grad_accum_steps` batches per optimizer update.
-RECIPES = {
-    "paper": {"label_smoothing": RECIPE["label_smoothing"], "ema": 0.0, "mixup": 0.0, "cutmix": 0.0,
-              "randaugment": False, "clip_grad_norm": 0.0, "grad_accum_steps": 1},
-    "modern": {"label_smoothing": 0.1, "ema": 0.999, "mixup": 0.2, "cutmix": 1.0, "randaugment": True,
-               "clip_grad_norm": 0.0, "grad_accum_steps": 1},
+# The recipe's switches, each declared once: its value in each `--recipe` (for the options not given),
+# the kind of value it takes (`fraction` in [0, 1), `alpha`/`norm` >= 0, `count` >= 1, `flag`), its
+# option's metavar and help, and how the recipe's summary line reads it when on. `ema` is the decay
+# (0: off), `mixup`/`cutmix` the Beta alpha (0: off), `clip_grad_norm` the global norm (0: off),
+# `grad_accum_steps` batches per optimizer update. Label smoothing is a searchable option of its own
+# (`option: False`). A new switch: an entry here, a `TrainConfig` field, and its implementation
+# (`training.recipe.optimizer_switches` or `augmentations`); docs/ARCHITECTURE.md.
+SWITCHES = {
+    "ema": {"paper": 0.0, "modern": 0.999, "kind": "fraction", "metavar": "DECAY", "reads": "EMA {}", "off": "EMA",
+            "help": "Average the weights with this decay (warmed up); validation, best.keras and the test scores "
+                    "use the average; 0: off"},
+    "mixup": {"paper": 0.0, "modern": 0.2, "kind": "alpha", "metavar": "ALPHA", "reads": "MixUp {}", "off": "MixUp",
+              "help": "MixUp with Beta(ALPHA, ALPHA) weights and soft labels; 0: off"},
+    "cutmix": {"paper": 0.0, "modern": 1.0, "kind": "alpha", "metavar": "ALPHA", "reads": "CutMix {}",
+               "off": "CutMix", "help": "CutMix with Beta(ALPHA, ALPHA) areas; with --mixup, half the batches each; "
+                                        "0: off"},
+    "randaugment": {"paper": False, "modern": True, "kind": "flag", "reads": "RandAugment rand-m9-n2",
+                    "off": "RandAugment", "help": "timm's rand-m9-n2 after crop and flip"},
+    "label_smoothing": {"paper": RECIPE["label_smoothing"], "modern": 0.1, "kind": "fraction", "reads": "label smoothing {}",
+                        "off": "label smoothing", "option": False},
+    "clip_grad_norm": {"paper": 0.0, "modern": 0.0, "kind": "norm", "metavar": "NORM",
+                       "reads": "gradient clipping at norm {}", "off": "gradient clipping",
+                       "help": "Clip the gradients' global norm; 0: off"},
+    "grad_accum_steps": {"paper": 1, "modern": 1, "kind": "count", "reads": "gradient accumulation over {} batches",
+                         "off": "gradient accumulation",
+                         "help": "Average the gradients of this many batches into one update"},
 }
+# What each `--recipe` sets for the switches not given.
+RECIPES = {recipe: {field: switch[recipe] for field, switch in SWITCHES.items()} for recipe in ("paper", "modern")}
 # With both MixUp and CutMix on, each batch takes CutMix with this probability (timm's switch_prob).
 CUTMIX_SWITCH_PROB = 0.5
 # The paper's augmentation: each image flipped left-right with this probability (timm's --hflip), on

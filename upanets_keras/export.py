@@ -22,10 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from upanets_keras.errors import UPANetsError
-from upanets_keras.formats import EXTRA_HINT, FORMATS, labels_path  # noqa: F401 (re-exported)
+from upanets_keras.formats import EXTRA_HINT, FORMATS, QUANTIZATIONS, labels_path  # noqa: F401 (re-exported)
 from upanets_keras.quiet import native_output_filtered
-
-QUANTIZATIONS = ("float16", "int8")
 ONNX_OPSET = 17
 
 
@@ -37,10 +35,11 @@ def check_request(path, format, quantize=None, calibration=None):
     """Validate an export request before any work; raises `ExportError` naming what is wrong."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format '{format}': use one of {', '.join(FORMATS)}. Received: format={format!r}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ExportError(f"unknown quantization '{quantize}': use float16 or int8. Received: quantize={quantize!r}")
-    if quantize is not None and format != "litert":
-        raise ExportError(f"--quantize is for the litert format only. Received: format={format!r}, quantize={quantize!r}")
+    takes = QUANTIZATIONS.get(format, ())
+    if quantize is not None and quantize not in takes:
+        which = (f"{format} takes {' or '.join(takes)}" if takes else
+                 f"--quantize is for the {' or '.join(QUANTIZATIONS)} format only")
+        raise ExportError(f"{which}. Received: format={format!r}, quantize={quantize!r}")
     if quantize == "int8" and calibration is None:
         raise ExportError("int8 quantization needs calibration images: pass --dataset (and --data-dir) to "
                           "calibrate on a few hundred of its training images")

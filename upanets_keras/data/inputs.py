@@ -34,12 +34,15 @@ def train_input(x, y, info, batch_size, seed=0, first_epoch=0, num_epochs=None, 
                         num_classes=info.num_classes, augment=augment)
 
 
-def eval_input(x, y, batch_size, num_classes):
-    """In-order `(float32 0-255 images, one-hot labels)` batches (see `make_eval_dataset`)."""
-    if uses_tf_data():
+def eval_input(x, y, batch_size, num_classes, multiple_of=1):
+    """In-order `(float32 0-255 images, one-hot labels)` batches (see `make_eval_dataset`).
+
+    `multiple_of` > 1 (a batch split between devices, JAX only) pads and weights the batches (`EvalBatches`).
+    """
+    if uses_tf_data() and multiple_of == 1:
         from upanets_keras.data.pipeline import make_eval_dataset, one_hot
 
         return one_hot(make_eval_dataset(x, y, batch_size), num_classes)
     from upanets_keras.data.batches import EvalBatches
 
-    return EvalBatches(x, y, batch_size, num_classes=num_classes)
+    return EvalBatches(x, y, batch_size, num_classes=num_classes, multiple_of=multiple_of)

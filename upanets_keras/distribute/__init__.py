@@ -2,11 +2,12 @@
 
 `cluster` checks `TF_CONFIG` and reaches every peer; `strategies` turns
 `--strategy` into a `tf.distribute.Strategy` and holds the batch, learning
-rate and BatchNorm rules; `distribution` is what a training run sees of it.
+rate and BatchNorm rules; `distribution` is what a training run sees of it
+(the inputs themselves are built by `training.assemble`: nothing here reads data).
 
 Example:
 >>> from upanets_keras.distribute import Distribution
->>> distribution = Distribution.for_strategy("one", batch_size=100)  # doctest: +SKIP
+>>> distribution = Distribution.start(TrainConfig(strategy="one", batch_size=100))  # doctest: +SKIP
 """
 
 from upanets_keras.distribute.distribution import Distribution

@@ -13,7 +13,6 @@ import contextlib
 import keras
 
 from upanets_keras import compat
-from upanets_keras.data import eval_input, train_input
 from upanets_keras.distribute.cluster import DistributeError
 from upanets_keras.distribute.strategies import (
     describe,
@@ -71,14 +70,6 @@ class Distribution:
                                   "one device: use --strategy one")
         return Distribution(None, *rules)
 
-    @staticmethod
-    def for_strategy(strategy, batch_size):
-        """The distribution of a model under `--strategy` with a global batch (a tune trial, tune's retraining)."""
-        import types
-
-        return Distribution.start(types.SimpleNamespace(strategy=strategy, batch_size=batch_size, batch_mode="global",
-                                                        lr=1.0, lr_scaling="none", sync_batchnorm=True))
-
     @property
     def batch(self):
         """The global batch and learning rate in use (what a resumed run must keep)."""
@@ -127,12 +118,20 @@ class Distribution:
     def prepare_model(self, model):
         """Called inside `scope()` once the model is built."""
 
-    def train_dataset(self, x, y, info, seed, first_epoch, augment=None):
-        """The one-hot (or, mixed, soft) training stream of global batches; `augment`: `draws.Augmentations`."""
-        return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, augment=augment)
+    # Every evaluation batch a multiple of this many images (a batch split between that many devices).
+    eval_multiple = 1
 
-    def eval_dataset(self, x, y, num_classes):
-        return eval_input(x, y, self.global_batch, num_classes)
+    def distribute_train(self, make):
+        """This process's training stream: `make(shards, num_shards)` builds the stream of those shards.
+
+        `shards` None is every image of each global batch; the input itself is built by
+        `training.assemble` (this package reads no data).
+        """
+        return make(None, 1)
+
+    def distribute_eval(self, dataset):
+        """The evaluation batches as the model's `evaluate` and validation take them."""
+        return dataset
 
     def before_fit(self, model, info):
         """Called between compiling and `fit`."""
@@ -178,20 +177,17 @@ class ReplicatedDistribution(Distribution):
         if self.sync_batchnorm:
             synchronize_batch_norm(model)
 
-    def _local_dataset(self, x, y, info, seed, first_epoch, pipeline=0, pipelines=1, augment=None):
+    def _local(self, make, pipeline=0, pipelines=1):
         local = self.replicas // pipelines
-        shards = range(pipeline * local, (pipeline + 1) * local)
-        return train_input(x, y, info, self.global_batch, seed=seed, first_epoch=first_epoch, shards=shards,
-                           num_shards=self.replicas, augment=augment)
+        return make(range(pipeline * local, (pipeline + 1) * local), self.replicas)
 
-    def train_dataset(self, x, y, info, seed, first_epoch, augment=None):
+    def distribute_train(self, make):
         """Each worker reads and augments only its replicas' slices of every global batch."""
         return self.strategy.distribute_datasets_from_function(
-            lambda context: self._local_dataset(x, y, info, seed, first_epoch, context.input_pipeline_id,
-                                                context.num_input_pipelines, augment))
+            lambda context: self._local(make, context.input_pipeline_id, context.num_input_pipelines))
 
-    def eval_dataset(self, x, y, num_classes):
-        return compat.shard_by_data(super().eval_dataset(x, y, num_classes))
+    def distribute_eval(self, dataset):
+        return compat.shard_by_data(dataset)
 
     def before_fit(self, model, info):
         if is_multiworker(self.strategy):
@@ -245,10 +241,9 @@ class DataParallelDistribution(Distribution):
     def fit_scope(self):
         return self.keras_distribution.scope()
 
-    def eval_dataset(self, x, y, num_classes):
-        from upanets_keras.data.batches import EvalBatches
-
-        return EvalBatches(x, y, self.global_batch, num_classes=num_classes, multiple_of=self.replicas)
+    @property
+    def eval_multiple(self):
+        return self.replicas
 
     def description(self):
         return (f"mirrored (JAX DataParallel): {self.replicas} devices, global batch {self.global_batch} "

@@ -10,15 +10,13 @@ import dataclasses
 import functools
 import os
 
-import keras
 
 from upanets_keras import backend, determinism, faults, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.distribute import Distribution
 from upanets_keras.distribute.cluster import lost_contact_error
-from upanets_keras.evaluation import plot_confusion_matrix, plot_worst_images, predict_logits, score_logits
+from upanets_keras.evaluation import plot_confusion_matrix, plot_worst_images, score_logits
 from upanets_keras.files import resumable_when_disk_full
-from upanets_keras.saving import load_model
 from upanets_keras.training.backup import EpochBackup, restore
 from upanets_keras.training.callbacks import (
     AtomicCheckpoint,
@@ -29,23 +27,25 @@ from upanets_keras.training.callbacks import (
     tensorboard_callback,
 )
 from upanets_keras.training.card import per_class_rows, write_card
+from upanets_keras.training import assemble
+from upanets_keras.training.assemble import Plan
 from upanets_keras.training.config import (
     TrainConfig, TrainingError, recipe_summary, resolve_jit, resolve_precision, versions,
 )
 from upanets_keras.training.progress import TrainingProgress, display_for
-from upanets_keras.training.recipe import augmentations, build_model, compile_for_training, fit, freeze_backbone
+from upanets_keras.training.recipe import build_model, compile_for_training, fit
 from upanets_keras.training.run_dir import RunDirectory
 from upanets_keras.training.tracking import Tracking
 from upanets_keras.variants import count_parameters
 
 # What the rest of the package uses; everything else is imported from its module.
 __all__ = [
-    "Throughput", "TrainConfig", "TrainingError", "TrainingProgress", "build_model", "compile_for_training", "fit",
-    "resolve_jit", "resolve_precision", "train", "versions",
+    "Plan", "Throughput", "TrainConfig", "TrainingError", "TrainingProgress", "build_model", "compile_for_training",
+    "fit", "resolve_jit", "resolve_precision", "train", "versions",
 ]
 
 
-def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_every=None):
+def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_every=None, test=True, scope="run"):
     """Train UPANets; resumable, writing the run directory.
 
     Re-running the same configuration into the same `output_dir` resumes from
@@ -63,6 +63,9 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_e
         extend: continue the run in `output_dir`, finished or not, to more `epochs`
             (the cosine schedule becomes that of the longer run from the next epoch on).
         log_every: seconds between those lines (default `defaults.LOG_EVERY`; 0: none).
+        test: score `best.keras` on the test split and write the plots and the card (a tune trial
+            does not: its `metrics.json` holds the validation results only).
+        scope: what the epoch lines' ETA covers (`run`; a tune trial's: `trial`).
 
     Returns:
         The `metrics.json` dict (on a non-chief worker: its role and weights digest).
@@ -85,21 +88,24 @@ def train(config, overwrite=False, echo=print, verbose=None, extend=False, log_e
             return run.read_json("metrics.json") if distribution.is_chief else distribution.summary()
         source = open_source(config, first_epoch)  # before the data: a source of another width fails at once
         splits = load_data(config, distribution)
-        config = config.for_dataset(splits.info)  # --hflip and --crop-padding left to the dataset get its values
-        model = build_and_compile(config, distribution, splits, echo)
+        plan = Plan.resolve(config, distribution, splits.info, len(splits.train[0]))
+        config = plan.config  # --hflip and --crop-padding left to the dataset get its values
+        model = build_and_compile(plan, splits, echo)
         echo(recipe_summary(config))
         init = initialise(config, model, source, echo)
         run.commit()  # the run starts: what it replaces goes, and from here on a failure keeps what was written
         if distribution.is_chief:
-            record_config(config, distribution, run, splits, init, exact)
+            record_config(plan, run, splits, init, exact)
             tracking.start(run.read_json("config.json"), echo)
-        throughput = fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every,
-                             tracking.callbacks())
+        throughput = fit_run(plan, run, model, splits, first_epoch, echo, verbose, log_every,
+                             tracking.callbacks(), scope)
         checks = distribution.finish(model, echo)
         if not distribution.is_chief:
             run.remove()  # its backup; nothing else is kept
             return {**distribution.summary(), **checks}
-        return score_and_write(config, distribution, run, model, splits, throughput, checks, tracking)
+        if not test:
+            return write_unscored(run, model, throughput)
+        return score_and_write(plan, run, model, splits, throughput, checks, tracking)
 
 
 def _worker_echo(echo, rank, message):
@@ -169,22 +175,22 @@ def initialise(config, model, source, echo):
     return report.to_dict()
 
 
-def record_config(config, distribution, run, splits, init=None, exact=None):
-    """`config.json`: the resolved run, precision, batch, dataset, versions, runtime and devices.
+def record_config(plan, run, splits, init=None, exact=None):
+    """`config.json`: the resolved run, precision, XLA, batch, dataset, versions, runtime and devices.
 
     `exact` is what `determinism.apply` found holds (saved as `deterministic`).
 
     With `--init-from`, `init_from` is what was loaded, resized and initialised (a resumed
     run keeps the first start's record).
     """
+    config, distribution = plan.config, plan.distribution
     before = run.read_json("config.json") if os.path.exists(run.file("config.json")) else {}
     if init is None and config.init_from:
         init = before.get("init_from")
     extended = before.get("extended", [])
     if before and before["run"]["epochs"] < config.epochs:
         extended = extended + [{"from_epochs": before["run"]["epochs"], "to_epochs": config.epochs}]
-    payload = {"run": dataclasses.asdict(config), "precision": resolve_precision(config.precision),
-               "jit_compile": resolve_jit(config.jit_compile), "batch": distribution.batch,
+    payload = {"run": dataclasses.asdict(config), **plan.recorded(),
                "dataset": {**splits.info.to_dict(), "images": {k: len(getattr(splits, k)[0]) for k in SPLITS}},
                "versions": versions(), "runtime": runtime.describe(),
                "devices": backend.devices()}
@@ -202,40 +208,32 @@ def record_config(config, distribution, run, splits, init=None, exact=None):
 SPLITS = ("train", "val", "test")
 
 
-def _steps(splits, distribution):
-    return len(splits.train[0]) // distribution.global_batch
-
-
-def build_and_compile(config, distribution, splits, echo):
-    """The model, built and compiled in the distribution's scope with the recipe at the run's batch and rate."""
-    info, precision, jit = splits.info, resolve_precision(config.precision), resolve_jit(config.jit_compile)
-    model = build_model(config, info.num_classes, (info.image_size, info.image_size, 3), precision,
-                        info.mean, info.std, info.class_names, scope=distribution.scope())
-    with distribution.scope():
-        distribution.prepare_model(model)
-        compile_for_training(model, dataclasses.replace(config, lr=distribution.lr), _steps(splits, distribution),
-                             jit, precision)
+def build_and_compile(plan, splits, echo):
+    """The model of `plan` (`assemble.build`), and the line describing it."""
+    model = assemble.build(plan)
+    info = plan.info
     echo(
-        f"UPANets filters={config.filters} blocks={config.blocks}: {count_parameters(model):,} parameters; "
+        f"UPANets filters={plan.config.filters} blocks={plan.config.blocks}: {count_parameters(model):,} parameters; "
         f"{info.name}: {len(splits.train[0])} train / {len(splits.val[0])} val / {len(splits.test[0])} test images "
-        f"{info.image_size}px, {info.num_classes} classes; precision {precision}, XLA {'on' if jit else 'off'}"
+        f"{info.image_size}px, {info.num_classes} classes; precision {plan.precision}, "
+        f"XLA {'on' if plan.jit_compile else 'off'}"
     )
-    if distribution.description():
-        echo(distribution.description())
+    if plan.distribution.description():
+        echo(plan.distribution.description())
     return model
 
 
-def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose, log_every=None, tracked=()):
+def fit_run(plan, run, model, splits, first_epoch, echo, verbose, log_every=None, tracked=(), scope="run"):
     """Load the newest state that loads, then fit the remaining epochs with the run's callbacks.
 
     `log_every`: seconds between progress lines off a terminal; `tracked`: the tracker's callbacks
-    (`Tracking.callbacks`).
+    (`Tracking.callbacks`); `scope`: what the epoch lines' ETA covers.
 
     Returns:
         The throughput measured.
     """
-    steps, info = _steps(splits, distribution), splits.info
-    throughput = Throughput(steps * distribution.global_batch)
+    config, distribution, steps = plan.config, plan.distribution, plan.steps
+    throughput = Throughput(steps * plan.global_batch)
     if first_epoch >= config.epochs:
         return throughput
     last = run.file("last.keras") if distribution.is_chief else None
@@ -255,7 +253,8 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
             HistoryLog(run.append_history),
             tensorboard_callback(run.file("logs")),
         ]
-    progress = TrainingProgress(config.epochs, steps, distribution.global_batch, echo, display_for(verbose), log_every)
+    progress = TrainingProgress(config.epochs, steps, plan.global_batch, echo, display_for(verbose), log_every,
+                                scope=scope)
     callbacks += [
         throughput,
         progress,
@@ -263,22 +262,8 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
         EpochBackup(run.backups),  # last: an epoch counts as done once its backup is written
     ]
     callbacks[-1:-1] = tracked  # before the backup: an epoch re-run after a kill is logged again rather than lost
-    val_ds = distribution.eval_dataset(*splits.val, info.num_classes)
-    distribution.before_fit(model, info)
-    frozen = False
     try:
-        for start, end, freeze in config.phases(first_epoch):
-            if freeze != frozen:
-                with distribution.scope():
-                    freeze_backbone(model, freeze, config, resolve_jit(config.jit_compile))
-                frozen = freeze
-            if config.freeze_backbone or config.freeze_epochs:
-                span = f"epoch {end}" if end == start + 1 else f"epochs {start + 1}-{end}"
-                echo(f"{span}: {'only the head (logits) trains' if freeze else 'every layer trains'}")
-            train_ds = distribution.train_dataset(*splits.train, info, config.seed, start,
-                                                  augmentations(config, info.num_classes))
-            with distribution.fit_scope():
-                fit(model, train_ds, end, steps, validation_data=val_ds, callbacks=callbacks, initial_epoch=start)
+        assemble.fit(plan, model, splits, first_epoch, callbacks, echo)
     except KeyboardInterrupt:
         raise TrainingError(
             f"interrupted; the last completed epoch is saved in {run.backup_dir}: re-run the same command to resume"
@@ -293,21 +278,17 @@ def fit_run(config, distribution, run, model, splits, first_epoch, echo, verbose
     return throughput
 
 
-def score_best(config, distribution, run, model, splits):
-    """Logits of `best.keras`'s weights on the test split: one pass gives every test score and plot.
-
-    With several replicas or workers a plain copy predicts on one device: no collective the other
-    workers no longer join, no batch padded to the replicas.
-    """
-    if distribution.replicated:
-        best = load_model(run.file("best.keras"))
-    else:
-        model.load_weights(run.file("best.keras"))
-        best = model
-    return predict_logits(best, splits.test[0], batch_size=distribution.global_batch)
+def write_unscored(run, model, throughput):
+    """A run that ends without its test pass (a tune trial): `metrics.json` of its validation results."""
+    best_val, best_epoch, completed = run.best_epoch()
+    metrics = {"best_val_accuracy": best_val, "best_epoch": best_epoch, "epochs_completed": completed,
+               "train_images_per_second": throughput.images_per_second(), "parameters": count_parameters(model)}
+    run.write_json("metrics.json", metrics)
+    run.remove_backups()
+    return metrics
 
 
-def score_and_write(config, distribution, run, model, splits, throughput, checks, tracking=None):
+def score_and_write(plan, run, model, splits, throughput, checks, tracking=None):
     """Score the best epoch's weights on the test split; write the plots, the card, then `metrics.json`.
 
     Writes `history.png`, `confusion.png`, `worst.png` (the most confident mistakes) and the card
@@ -315,7 +296,8 @@ def score_and_write(config, distribution, run, model, splits, throughput, checks
     as finished once it exists.
     """
     faults.reached("test_eval")
-    logits = score_best(config, distribution, run, model, splits)
+    distribution = plan.distribution
+    logits = assemble.predict_best(plan, model, run.file("best.keras"), splits.test[0])
     test = score_logits(logits, splits.test[1])
     best_val, best_epoch, completed = run.best_epoch()
     metrics = {

@@ -115,12 +115,8 @@ class TrainConfig:
             ("lr", config.lr > 0, "> 0"),
             ("weight_decay", config.weight_decay >= 0, ">= 0"),
             ("warmup_epochs", 0 <= config.warmup_epochs < config.epochs, "in [0, epochs)"),
-            ("label_smoothing", 0 <= config.label_smoothing < 1, "in [0, 1)"),
-            ("ema", 0 <= config.ema < 1, "in [0, 1) (0: off)"),
-            ("mixup", config.mixup >= 0, ">= 0 (0: off)"),
-            ("cutmix", config.cutmix >= 0, ">= 0 (0: off)"),
-            ("clip_grad_norm", config.clip_grad_norm >= 0, ">= 0 (0: off)"),
-            ("grad_accum_steps", config.grad_accum_steps >= 1, ">= 1"),
+            *((field, SWITCH_RULES[switch["kind"]][0](getattr(config, field)), SWITCH_RULES[switch["kind"]][1])
+              for field, switch in defaults.SWITCHES.items()),
             ("hflip", config.hflip is None or 0 <= config.hflip <= 1, "in [0, 1] (0: off) or None (the dataset's)"),
             ("crop_padding", config.crop_padding is None or (isinstance(config.crop_padding, int)
                                                               and config.crop_padding >= 0),
@@ -200,20 +196,22 @@ class TrainConfig:
 
 def dataset_augmentation(info):
     """`{"hflip", "crop_padding"}` of a dataset (a `DatasetInfo` or its dict): the paper's where valid."""
-    info = info if isinstance(info, dict) else info.to_dict()
-    return {"hflip": defaults.HFLIP if info["flip"] else 0.0, "crop_padding": int(info["pad"])}
+    flip, pad = (info["flip"], info["pad"]) if isinstance(info, dict) else (info.flip, info.pad)
+    return {"hflip": defaults.HFLIP if flip else 0.0, "crop_padding": int(pad)}
 
 
-# The recipe's switches in the order `recipe_summary` names them: (name, how its value reads, its value when off).
-SWITCHES = {
-    "ema": ("EMA", lambda v: f"EMA {float(v)}", 0),
-    "mixup": ("MixUp", lambda v: f"MixUp {float(v)}", 0),
-    "cutmix": ("CutMix", lambda v: f"CutMix {float(v)}", 0),
-    "randaugment": ("RandAugment", lambda v: "RandAugment rand-m9-n2", False),
-    "label_smoothing": ("label smoothing", lambda v: f"label smoothing {float(v)}", 0),
-    "clip_grad_norm": ("gradient clipping", lambda v: f"gradient clipping at norm {float(v)}", 0),
-    "grad_accum_steps": ("gradient accumulation", lambda v: f"gradient accumulation over {v} batches", 1),
+# How each kind of switch (`defaults.SWITCHES`) is checked: (it holds, the rule as an error says it).
+SWITCH_RULES = {
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
+    "alpha": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "norm": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "count": (lambda v: isinstance(v, int) and v >= 1, ">= 1"),
+    "flag": (lambda v: isinstance(v, bool), "True or False"),
 }
+
+
+def _reads(switch, value):
+    return switch["reads"].format(int(value) if switch["kind"] == "count" else float(value))
 
 
 def recipe_summary(run):
@@ -232,15 +230,14 @@ def recipe_summary(run):
     values = {"recipe": "paper", **values}  # a run recorded before recipes existed ran the paper's
     recipe = defaults.RECIPES[values["recipe"]]
     on, off = [], []
-    for field, (name, reads, off_value) in SWITCHES.items():
+    for field, switch in defaults.SWITCHES.items():
         value = values.get(field, recipe[field])
         given = " (given)" if value != recipe[field] else ""
-        if value != off_value:
-            on.append(reads(value) + ("" if field != "cutmix" or not values.get("mixup") else
-                                      f" (each batch one or the other, CutMix p={defaults.CUTMIX_SWITCH_PROB:g})")
-                      + given)
+        if value != defaults.RECIPES["paper"][field]:  # the paper's recipe has every switch off
+            on.append(_reads(switch, value) + ("" if field != "cutmix" or not values.get("mixup") else
+                      f" (each batch one or the other, CutMix p={defaults.CUTMIX_SWITCH_PROB:g})") + given)
         elif given:
-            off.append(f"{name} off{given}")
+            off.append(f"{switch['off']} off{given}")
     if not on and not off:
         return (f"recipe {values['recipe']}: no EMA, MixUp, CutMix, RandAugment, label smoothing, gradient clipping "
                 "or accumulation")

@@ -34,8 +34,10 @@ def build_model(config, num_classes, input_shape, precision, pixel_mean=None, pi
         keras.config.set_dtype_policy("float32")
 
 
-def compile_for_training(model, config, steps_per_epoch, jit_compile, precision="float32"):
+def compile_for_training(model, config, steps_per_epoch, jit_compile, precision="float32", lr=None):
     """Compile with the paper's recipe (ReferenceSGD, epoch-wise cosine, cross-entropy).
+
+    `lr` is the peak rate (default `config.lr`; a run passes its plan's, scaled to the global batch).
 
     Under float16 the optimizer is wrapped in dynamic loss scaling. The
     optimizer's variables are created here, eagerly: created inside the first
@@ -43,7 +45,7 @@ def compile_for_training(model, config, steps_per_epoch, jit_compile, precision=
     (measured: 12.5 s against 6.9 s for a filters-4 model's first step) and keep
     the variable-initialising branches registered after the model is gone.
     """
-    schedule = EpochCosineSchedule(config.lr, steps_per_epoch, config.epochs, config.warmup_epochs)
+    schedule = EpochCosineSchedule(config.lr if lr is None else lr, steps_per_epoch, config.epochs, config.warmup_epochs)
     optimizer = ReferenceSGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
                              **optimizer_switches(config))
     if precision == "mixed_float16":

@@ -6,7 +6,8 @@ import keras
 import keras_tuner
 
 from upanets_keras.tuning.space import SearchSpace
-from upanets_keras.training import TrainConfig, build_model, compile_for_training, fit, resolve_jit, resolve_precision
+from upanets_keras.training import Plan, TrainConfig, fit
+from upanets_keras.training import assemble
 from upanets_keras.variants import count_parameters
 
 
@@ -16,6 +17,20 @@ class EfficiencyLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "val_accuracy" in logs:
             logs["val_efficiency"] = float(logs["val_accuracy"]) / (count_parameters(self.model) / 1e6)
+
+
+RENAMED = {"learning_rate": "lr"}  # the search space's names of `TrainConfig` fields
+
+
+def trial_config(config, values):
+    """`config` (a `TrainConfig`) with a trial's hyperparameters `values` applied, resolved.
+
+    Example:
+    >>> trial_config(TrainConfig(recipe="modern"), {"filters": 8, "learning_rate": 0.05}).lr
+    0.05
+    """
+    values = {RENAMED.get(k, k): v for k, v in values.items() if not k.startswith("tuner/")}
+    return dataclasses.replace(config, variant=None, **values).resolved()
 
 
 class UPANetsHyperModel(keras_tuner.HyperModel):
@@ -55,9 +70,8 @@ class UPANetsHyperModel(keras_tuner.HyperModel):
         self.defaults = defaults
 
     def trial_config(self, values):
-        """The `TrainConfig` of one trial: the base configuration with `values` applied."""
-        renamed = {"learning_rate": "lr"}
-        return dataclasses.replace(self.config, **{renamed.get(k, k): v for k, v in values.items()}).resolved()
+        """The `TrainConfig` of one trial: the base configuration with `values` applied (a variant's name dropped)."""
+        return trial_config(self.config, values)
 
     def build(self, hp):
         values = self.search_space.declare(hp, self.defaults)
@@ -66,10 +80,9 @@ class UPANetsHyperModel(keras_tuner.HyperModel):
             raise keras_tuner.errors.FailedTrialError(
                 f"filters must be a multiple of 4*blocks. Received: filters={config.filters}, blocks={config.blocks}"
             )
-        precision = resolve_precision(config.precision)
-        model = build_model(config, self.num_classes, self.input_shape, precision, self.pixel_mean, self.pixel_std,
-                            self.class_names)
-        compile_for_training(model, config, self.steps_per_epoch, resolve_jit(config.jit_compile), precision)
+        plan = Plan.on_one_device(config, self.num_classes, self.input_shape[0], self.pixel_mean, self.pixel_std,
+                                  self.class_names, self.steps_per_epoch * config.batch_size)
+        model = assemble.build(plan)
         return model
 
     def fit(self, hp, model, *args, **kwargs):

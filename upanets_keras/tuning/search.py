@@ -6,26 +6,17 @@ import json
 import os
 import shutil
 
-import keras
 import keras_tuner
-import numpy as np
 
 from upanets_keras import compat, determinism
-from upanets_keras import data as data_lib
 from upanets_keras.defaults import OBJECTIVES
-from upanets_keras.evaluation import plot_confusion_matrix, plot_worst_images, predict_logits, score_logits
 from upanets_keras.files import atomic_write, resumable_when_disk_full
 from upanets_keras.run_lock import LOCK_NAME, RunLock
-from upanets_keras.saving import load_model, save_model_atomically
-from upanets_keras.training import TrainingProgress, fit, versions
-from upanets_keras.training.card import per_class_rows
+from upanets_keras.training import versions
 from upanets_keras.tuning.config import TuningError
-from upanets_keras.tuning.hypermodel import UPANetsHyperModel
-from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
+from upanets_keras.tuning.prepare import prepare_data
 from upanets_keras.tuning.report import format_row, format_table, trial_row, write_json, write_trials
-from upanets_keras.tuning.space import SearchSpace
 from upanets_keras.tuning.trials import ORACLE_CLASSES, UPANetsHyperband, UPANetsTuner
-from upanets_keras.variants import count_parameters
 
 SEARCH_FILE = "search.json"
 
@@ -74,6 +65,16 @@ def prepare_project(config, project_dir, role, overwrite, payload):
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f).get("search", {})
+        if "run" not in saved:
+            raise TuningError(
+                f"{project_dir} holds a search saved by an earlier upanets-keras (before its trials were train runs); "
+                "pass --overwrite to start over or choose another --project-name")
+        ours = payload["search"]["run"]
+        changed = [k for k in sorted(set(ours) | set(saved["run"])) if saved["run"].get(k) != ours.get(k)]
+        if changed:
+            raise TuningError(
+                f"{project_dir} holds a search of a different run ({', '.join(changed)}); pass --overwrite to start "
+                "over or choose another --project-name")
         for key in payload["search"]:
             if saved.get(key) != payload["search"][key]:
                 raise TuningError(
@@ -91,56 +92,37 @@ def prepare_project(config, project_dir, role, overwrite, payload):
         write_json(path, payload)
 
 
-def retrain_best(config, hypermodel, values, splits, project_dir, echo, log_every=None):
-    """Train the best configuration on train+validation; save `best.keras`, `confusion.png` and `worst.png`.
+BEST_RUN = "best"  # the retraining's run directory inside the project
+
+
+def retrain_best(config, hypermodel, values, project_dir, echo, log_every=None):
+    """Train the best configuration as `train` would: an ordinary run directory, `PROJECT/best`.
+
+    Its run is the trials' with the best values and `final_epochs` epochs, so `train` with the
+    same options and seed writes the same history. A retraining of another configuration there
+    (the best changed) is replaced; one of this configuration, killed, resumes.
 
     Returns:
-        The test metrics for `metrics.json`, with the per-class table.
+        The run's `metrics.json` dict.
     """
-    x = data_lib.concatenate([splits.train[0], splits.val[0]])
-    y = np.concatenate([splits.train[1], splits.val[1]])
-    steps = len(x) // config.batch_size
-    train_config = dataclasses.replace(hypermodel.trial_config(values), epochs=config.final_epochs)
-    final = UPANetsHyperModel(
-        hypermodel.num_classes, hypermodel.input_shape, SearchSpace({k: [v] for k, v in values.items()}),
-        train_config, steps, hypermodel.pixel_mean, hypermodel.pixel_std, hypermodel.class_names,
-    )
-    keras.backend.clear_session()
-    distribution = trial_distribution(config)
-    model, _ = prepared_model(distribution, final, values)
-    train_ds, _ = trial_datasets(config, splits.info, (x, y), splits.test)
-    progress = TrainingProgress(config.final_epochs, steps, config.batch_size, echo, log_every=log_every)
-    with distribution.fit_scope():
-        try:
-            fit(model, train_ds, config.final_epochs, steps, callbacks=[progress])
-        finally:
-            progress.close()
-    path = os.path.join(project_dir, "best.keras")
-    save_model_atomically(model, path)
-    # One pass over the test split gives every score and plot, as at the end of `train` (a plain copy: no strategy).
-    logits = predict_logits(load_model(path) if distribution.replicated else model, splits.test[0], config.batch_size)
-    test = score_logits(logits, splits.test[1])
-    names = splits.info.class_names
-    plot_confusion_matrix(test["confusion_matrix"], names, os.path.join(project_dir, "confusion.png"))
-    worst = os.path.join(project_dir, "worst.png")
-    if not plot_worst_images(*splits.test, logits, names, worst) and os.path.exists(worst):
-        os.remove(worst)  # nothing misclassified: none left from an earlier retraining either
-    return {
-        "test_accuracy": test["accuracy"],
-        **({"test_top5_accuracy": test["top5_accuracy"]} if "top5_accuracy" in test else {}),  # > 5 classes
-        "test_loss": test["loss"],
-        "parameters": count_parameters(model),
-        "final_epochs": config.final_epochs,
-        "train_images": int(len(x)),
-        "per_class": per_class_rows(test["confusion_matrix"], names),
-    }
+    from upanets_keras.training import train
+
+    output_dir = os.path.join(project_dir, BEST_RUN)
+    run = dataclasses.replace(hypermodel.trial_config(values), epochs=config.final_epochs, output_dir=output_dir)
+    saved = os.path.join(output_dir, "config.json")
+    overwrite = False
+    if os.path.exists(saved):
+        with open(saved) as f:
+            before = json.load(f)
+        overwrite = bool(run.changed_fields(before.get("run", {}), before.get("dataset")))
+    return train(run, overwrite=overwrite, echo=echo, log_every=log_every)
 
 
 def _make_tuner(config, hypermodel, allowed, report, log_every=None):
     objective = keras_tuner.Objective(OBJECTIVES[config.objective], "max")
-    epoch_budget = {"max_epochs": config.epochs} if config.tuner == "hyperband" else {}
+    epoch_budget = {"max_epochs": config.run.epochs} if config.tuner == "hyperband" else {}
     oracle = ORACLE_CLASSES[config.tuner](
-        objective=objective, seed=config.seed, max_trials=config.max_trials, report=report,
+        objective=objective, seed=config.run.seed, max_trials=config.max_trials, report=report,
         valid=lambda values: (values.get("filters"), values.get("blocks")) in allowed, **epoch_budget,
     )
     compat.write_keras_tuner_state_atomically(atomic_write)
@@ -166,17 +148,18 @@ def tune(config, overwrite=False, echo=print, log_every=None):
             terminal (default `defaults.LOG_EVERY`; 0: none); a terminal shows a bar.
 
     Returns:
-        The `metrics.json` dict of the retrained best model (`None` on a worker).
+        The project's `metrics.json` dict: the best trial, its hyperparameters and the retraining's
+        scores (`None` on a worker).
 
     Example:
+    >>> from upanets_keras.training import TrainConfig
     >>> from upanets_keras.tuning import TuneConfig
-    >>> tune(TuneConfig(dataset="digits", max_trials=8, epochs=5))  # doctest: +SKIP
+    >>> tune(TuneConfig(TrainConfig(dataset="digits", epochs=5), max_trials=8))  # doctest: +SKIP
     """
     config = config.resolved()
-    determinism.apply(config.deterministic, echo)  # the final retraining runs in this process
+    determinism.apply(config.run.deterministic, echo)  # before this process's first op (the retraining's is a train())
     role = distributed_role()
-    splits, hypermodel, pairs = prepare_data(config)
-    config.image_size = splits.info.image_size
+    splits, hypermodel, pairs = prepare_data(config)  # data and the space checked before anything is written
     project_dir = os.path.join(config.directory, config.project_name)
     # One search per project; a distributed search's workers share the chief's.
     lock = contextlib.nullcontext() if role == "worker" else RunLock(project_dir, "search", "--project-name")
@@ -199,11 +182,15 @@ def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo
         row = trial_row(trial, seconds, names, info.num_classes, info.image_size)
         echo(f"trial {row['trial']} done: {format_row(row, names)}" + (f"  {memory}" if memory else ""))
 
+    if config.run.init_from and len(pairs) < len(space.architectures(config.max_params, info.num_classes,
+                                                                      info.image_size)):
+        echo(f"--init-from {config.run.init_from}: only filters={pairs[0][0]} blocks={pairs[0][1]} (its own) can "
+             "start from it")
     tuner, oracle = _make_tuner(config, hypermodel, set(pairs), report, log_every)
     done = sum(t.status in ("COMPLETED", "FAILED") for t in oracle.trials.values())
     echo(
         f"Search ({config.tuner}, objective {config.objective}) of {space.describe()} on {info.name}: "
-        f"{len(pairs)} architectures allowed, {config.max_trials} trials of {config.epochs} epochs"
+        f"{len(pairs)} architectures allowed, {config.max_trials} trials of {config.run.epochs} epochs"
         + (f"; resuming after {done} finished trials" if done and role != "worker" else "")
         + ("" if role == "local" else f"; {role} {os.environ['KERASTUNER_TUNER_ID']!r} of the oracle at {chief_address()}")
     )
@@ -211,17 +198,16 @@ def search(config, role, splits, hypermodel, pairs, project_dir, overwrite, echo
     if size is not None and size < config.max_trials:
         echo(f"Note: the space holds only {size} configurations, so the search stops after {size} trials.")
 
-    tuner.search(epochs=config.epochs, verbose=0)  # each trial loads the data in its own process
+    tuner.search(epochs=config.run.epochs, verbose=0)  # each trial is a train() run in its own process
     if role == "worker":
         echo(f"Worker {os.environ['KERASTUNER_TUNER_ID']}: the search is done.")
         return None
-    return finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_every)
+    return finish(config, tuner, hypermodel, info, project_dir, names, echo, log_every)
 
 
-def finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_every=None):
+def finish(config, tuner, hypermodel, info, project_dir, names, echo, log_every=None):
     """The table of all trials, then the best configuration retrained (unless it already was)."""
     oracle = tuner.oracle
-    info = splits.info
     rows = [
         trial_row(oracle.trials[tid], oracle.trial_seconds.get(tid), names, info.num_classes, info.image_size)
         for tid in sorted(oracle.trials)
@@ -245,17 +231,21 @@ def finish(config, tuner, hypermodel, splits, project_dir, names, echo, log_ever
     if config.final_epochs < 1:
         return None
     echo(f"Retraining trial {best.trial_id} ({', '.join(f'{k}={v:g}' for k, v in values.items())}) "
-         f"on train+validation for {config.final_epochs} epochs")
-    metrics = retrain_best(config, hypermodel, values, splits, project_dir, echo, log_every)
+         f"for {config.final_epochs} epochs in {os.path.join(project_dir, BEST_RUN)}")
+    run = retrain_best(config, hypermodel, values, project_dir, echo, log_every)
     metrics = {"trial": best.trial_id, "hyperparameters": values, "search_objective": config.objective,
-               "search_score": best.score, **metrics}
+               "search_score": best.score, "final_epochs": config.final_epochs, "run": BEST_RUN,
+               **{k: run[k] for k in RESULTS if k in run}}
     write_json(metrics_path, metrics)
     echo(f"Wrote {results_line(project_dir, metrics)}")
     return metrics
 
 
+RESULTS = ("test_accuracy", "test_top5_accuracy", "test_loss", "best_val_accuracy", "best_epoch", "parameters")
+
+
 def results_line(project_dir, metrics):
-    """`PROJECT/best.keras: test accuracy ..., N parameters`: the retrained model's results, as printed."""
+    """`PROJECT/best/best.keras: test accuracy ..., N parameters`: the retrained model's results, as printed."""
     top5 = f" (top-5 {metrics['test_top5_accuracy']:.4f})" if "test_top5_accuracy" in metrics else ""
-    return (f"{os.path.join(project_dir, 'best.keras')}: test accuracy {metrics['test_accuracy']:.4f}{top5}, "
+    return (f"{os.path.join(project_dir, metrics.get('run', ''), 'best.keras')}: test accuracy {metrics['test_accuracy']:.4f}{top5}, "
             f"loss {metrics['test_loss']:.4f}, {metrics['parameters']:,} parameters")

@@ -3,18 +3,15 @@
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import multiprocessing
 import os
+import shutil
 import time
 
 import keras
 import keras_tuner
 
-from upanets_keras import compat, determinism
-from upanets_keras.training import TrainingProgress
-from upanets_keras.tuning.config import TuneConfig
-from upanets_keras.tuning.prepare import prepare_data, prepared_model, trial_datasets, trial_distribution
+from upanets_keras import compat
 
 ORACLES = {
     "random": keras_tuner.oracles.RandomSearchOracle,
@@ -136,44 +133,40 @@ def _die_with_parent():
         pass
 
 
+def _trial_echo(prefix, message):
+    print(prefix + message, flush=True)  # this process's own stdout: the search's echo cannot cross processes
+
+
 def run_trial_process(spec):
-    """One trial in a fresh process: build, optionally warm-start, fit; return the history and peak memory."""
+    """One trial in a fresh process: a `train()` run in the trial's folder; returns its history and peak memory.
+
+    A trial killed mid-epoch resumes from its last epoch backup when the search runs it again
+    (the same `trial_id`, folder and run). `spec["extend"]`: continue the run there (hyperband's
+    next round, its folder a copy of the earlier trial's) to `epochs`.
+    """
     _die_with_parent()
     if os.getppid() != spec["parent"]:  # the search was killed while this process started
         os._exit(1)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from upanets_keras.training import TrainConfig, train
+    from upanets_keras.training.run_dir import RunDirectory
 
-    config = TuneConfig(**spec["config"])
-    determinism.apply(config.deterministic)  # before the first TensorFlow op
-    distribution = trial_distribution(config)  # before other TensorFlow work
-    splits, hypermodel, _ = prepare_data(config)
-    model, hp = prepared_model(distribution, hypermodel, spec["values"])
-    if spec["initial_weights"]:
-        model.load_weights(spec["initial_weights"])
-    with open(spec["build_config"], "w") as f:
-        json.dump(model.get_build_config(), f)
-    train_ds, val_ds = trial_datasets(config, splits.info, splits.train, splits.val)
-    objective = keras_tuner.Objective(spec["objective"], "max")
-    steps = len(splits.train[0]) // config.batch_size
-    # This process's own stdout (the search's echo cannot cross processes), flushed line by line.
-    progress = TrainingProgress(spec["epochs"], steps, config.batch_size, functools.partial(print, flush=True),
-                                log_every=spec["log_every"], prefix=f"trial {spec['trial_id']} ", scope="trial")
-    try:
-        with distribution.fit_scope():
-            history = hypermodel.fit(
-                hp, model, train_ds, validation_data=val_ds, epochs=spec["epochs"],
-                initial_epoch=spec["initial_epoch"], steps_per_epoch=steps,
-                callbacks=[compat.save_best_epoch_callback(objective, spec["checkpoint"]), progress],
-            )
-    finally:
-        progress.close()
+    config = TrainConfig(**spec["run"])
+    echo = functools.partial(_trial_echo, f"trial {spec['trial_id']} ")
+    metrics = train(config, echo=echo, extend=spec["extend"], log_every=spec["log_every"], test=False, scope="trial")
+    rows = RunDirectory(config.output_dir).history()
+    history = {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in rows[0] if k != "epoch"}
+    history["val_efficiency"] = [a / (metrics["parameters"] / 1e6) for a in history["val_accuracy"]]
     import resource
 
-    return history.history, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return history, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+TRIAL_RUN = "run"  # a trial's run directory, inside keras-tuner's trial folder
 
 
 class _TrialProcesses:
-    """Tuner mixin: every trial runs in a new process.
+    """Tuner mixin: every trial is a `train()` run in a new process.
 
     TensorFlow keeps part of every traced training step alive after its model
     is gone (tens of MB a trial for this network), so a long in-process search
@@ -182,26 +175,27 @@ class _TrialProcesses:
 
     trial_peak_mb = None
 
+    def trial_run_dir(self, trial_id):
+        return os.path.join(self.get_trial_dir(trial_id), TRIAL_RUN)
+
     def run_trial(self, trial, *args, **kwargs):
         if self.search_config is None:
             return super().run_trial(trial, *args, **kwargs)
         values = dict(trial.hyperparameters.values)
-        previous = values.get("tuner/trial_id")
-        checkpoint, build_config = compat.trial_files(self, trial.trial_id)
+        output_dir = self.trial_run_dir(trial.trial_id)
+        previous = values.get("tuner/trial_id")  # hyperband: go on from an earlier trial's run
+        if previous and not os.path.exists(output_dir):
+            shutil.copytree(self.trial_run_dir(previous), output_dir + ".partial", dirs_exist_ok=True)
+            os.replace(output_dir + ".partial", output_dir)
+        run = dataclasses.replace(self.hypermodel.trial_config(values), output_dir=output_dir,
+                                  epochs=values.get("tuner/epochs", kwargs.get("epochs")))
         spec = {
-            "config": dataclasses.asdict(self.search_config),
-            "values": values,
-            "objective": self.oracle.objective.name,
-            "epochs": values.get("tuner/epochs", kwargs.get("epochs")),
-            "initial_epoch": values.get("tuner/initial_epoch", 0),
-            "initial_weights": compat.trial_files(self, previous)[0] if previous else None,
-            "checkpoint": checkpoint,
-            "build_config": build_config,
+            "run": dataclasses.asdict(run),
+            "extend": bool(previous),
             "parent": os.getpid(),
             "trial_id": trial.trial_id,
             "log_every": self.log_every,
         }
-        os.makedirs(self.get_trial_dir(trial.trial_id), exist_ok=True)
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
             history = keras.callbacks.History()
@@ -214,7 +208,7 @@ class _Configured:
 
     Args (besides `keras_tuner.Tuner`'s):
         report: called as `report(trial, seconds, memory)` after each trial this process ran.
-        search_config: the resolved `TuneConfig`; each trial then runs in a fresh process
+        search_config: the resolved `TuneConfig`; each trial is then a `train()` run in a fresh process
             (`None`: in this process, as keras-tuner does).
         log_every: seconds between a trial's progress lines off a terminal (`TrainingProgress`).
     """
