@@ -31,8 +31,8 @@ LAUNCH = (
     "n = int(os.environ.get('UPANETS_TEST_CPUS', '1'))\n"
     "cpu = tf.config.list_physical_devices('CPU')[0]\n"
     "n > 1 and tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)\n"
-    "from upanets_keras_cli.main import cli\n"
-    "cli(sys.argv[1:])\n"
+    "from upanets_keras_cli.main import main\n"
+    "main()\n"
 )
 TIMEOUT = 300
 
