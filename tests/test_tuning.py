@@ -238,7 +238,30 @@ def ended_trials(project):
         return []
 
 
-@pytest.mark.heavy
+def new_oracle(tmp_path):
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("filters", [4, 8])
+    oracle = ORACLE_CLASSES["random"](objective=keras_tuner.Objective("val_accuracy", "max"), max_trials=2,
+                                      hyperparameters=hp, seed=1)
+    oracle._set_project_dir(str(tmp_path), "p")
+    return oracle
+
+
+def test_a_search_killed_as_a_trial_ends_does_not_run_it_again(tmp_path):
+    oracle = new_oracle(tmp_path)
+    trial = oracle.create_trial("tuner0")
+    oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+    trial.status = "COMPLETED"
+    oracle.end_trial(trial)
+    oracle.ongoing_trials["tuner0"] = oracle.trials[trial.trial_id]  # what end_trial saves before it pops it
+    oracle.save()
+    resumed = new_oracle(tmp_path)
+    resumed.reload()
+    assert resumed.end_order == [trial.trial_id]
+    assert resumed.create_trial("tuner0").trial_id != trial.trial_id
+
+
+@pytest.mark.slow  # a minute: `make soak` (with the kill soak); the instant it used to hit is tested above
 def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     args = CLI + ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--final-epochs", "0",
                   "--directory", str(tmp_path), "--project-name", "p"]

@@ -21,7 +21,13 @@ Usage:
     python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2 --keras-env TF_ENABLE_ONEDNN_OPTS=0
     # the Keras worker on another backend (the report names it)
     python tools/side_by_side.py --reference /tmp/upanets_ref --keras-env KERAS_BACKEND=jax
+    # each side at its best on a bfloat16 CPU: ours mixed_bfloat16, the reference under
+    # torch.autocast("cpu", torch.bfloat16) with channels_last tensors
+    python tools/side_by_side.py --reference /tmp/upanets_ref --keras-precision mixed_bfloat16 \
+        --reference-precision bfloat16 --reference-channels-last
 """
+
+import contextlib
 
 import argparse
 import importlib.util
@@ -76,7 +82,8 @@ def keras_worker(args):
 
     filters, blocks = VARIANTS[args.variant]
     model, x, y, precision, jit = prepare_model(
-        filters, blocks, args.num_classes, args.batch_size, args.image_size, name=args.variant
+        filters, blocks, args.num_classes, args.batch_size, args.image_size, precision=args.keras_precision,
+        name=args.variant,
     )
     times = {
         "train": time_calls(lambda: model.train_on_batch(x, y), args.warmup, args.rounds),
@@ -117,23 +124,34 @@ def reference_worker(args):
     filters, blocks = VARIANTS[args.variant]
     images, labels = synthetic_batch(args.batch_size, args.image_size, args.num_classes)
     net = UPANets(filters, args.num_classes, blocks, args.image_size)
+    layout = torch.channels_last if args.reference_channels_last else torch.contiguous_format
+    net = net.to(memory_format=layout)
     # main.py's recipe
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     mean = np.array(CIFAR_MEAN, "float32") * 255
     std = np.array(CIFAR_STD, "float32") * 255
     x = torch.from_numpy(((images.astype("float32") - mean) / std).transpose(0, 3, 1, 2).copy())
+    x = x.contiguous(memory_format=layout)
     y = torch.from_numpy(labels.astype("int64"))
+
+    def autocast():
+        """PyTorch's mixed precision on the CPU: forward and loss under autocast, the SGD step outside."""
+        if args.reference_precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
     def train():
         net.train()
         optimizer.zero_grad()
-        loss_fn(net(x), y).backward()
+        with autocast():
+            loss = loss_fn(net(x), y)
+        loss.backward()
         optimizer.step()
 
     def infer():
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             net(x)
 
     times = {
@@ -146,7 +164,8 @@ def reference_worker(args):
         "threads": f"torch intra-op {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}",
         "onednn": f"oneDNN (mkldnn) {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}"
                   f"; ATen CPU capability {capability}",
-        "precision": "float32",
+        "precision": ("float32" if args.reference_precision == "float32" else "autocast bfloat16")
+                     + (", channels_last" if args.reference_channels_last else ""),
         "versions": f"torch {torch.__version__}",
     }
     return times, info
@@ -224,6 +243,12 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="Alternations of the two worker processes.")
     parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--keras-precision", default="auto",
+                        help="Our dtype policy: auto (what `train` picks), float32, mixed_bfloat16, mixed_float16.")
+    parser.add_argument("--reference-precision", default="float32", choices=["float32", "bfloat16"],
+                        help="The reference's: float32, or bfloat16 autocast around forward and loss.")
+    parser.add_argument("--reference-channels-last", action="store_true",
+                        help="The reference's model and batch in torch.channels_last memory format.")
     parser.add_argument("--emulate-avx2", action="store_true",
                         help="Limit oneDNN, MKL and ATen to AVX2 in both workers: " + ", ".join(
                             f"{k}={v}" for k, v in AVX2_EMULATION.items()))

@@ -256,7 +256,7 @@ def write_keras_tuner_state_atomically(atomic_write):
 
 
 class ConstrainedSampling:
-    """Oracle mixin: random draws outside `self.valid(values)` are never proposed.
+    """Oracle mixin: random draws outside `self.valid(values)` are never proposed; a finished trial is never rerun.
 
     Why private: keras-tuner's oracles draw from the space in
     `_random_values`, with no hook for a constraint between hyperparameters
@@ -275,6 +275,14 @@ class ConstrainedSampling:
             if values is None or self.valid(values):
                 return values
             self._tried_so_far.add(self._compute_values_hash(values))
+
+    def reload(self):
+        """Why private: keras-tuner's `end_trial` saves the oracle while the ended trial is still
+        listed as ongoing, and `reload` queues every ongoing trial for a retry (`_retry_queue`): a
+        search killed between the two would run a finished trial again. Ended ones leave the queue."""
+        super().reload()
+        ended = set(self.end_order)
+        self._retry_queue = [trial_id for trial_id in self._retry_queue if trial_id not in ended]
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -303,7 +311,7 @@ def _lookups():
         (kt_utils, "has_chief_oracle"), (kt_utils, "is_chief_oracle"),
         (kt_json, "save_json"),
         (oracle, "_random_values"), (oracle, "_compute_values_hash"), (oracle, "_tried_so_far"),
-        (oracle, "_max_collisions"), (_pywrap_util_port, "IsMklEnabled"),
+        (oracle, "_max_collisions"), (oracle, "_retry_queue"), (_pywrap_util_port, "IsMklEnabled"),
         (convert_to_constants, "convert_variables_to_constants_v2"), (deprecation, "silence"),
         (keras.optimizers.Optimizer, "_get_variable_index"), (keras.optimizers.SGD(), "_iterations"),
         (keras.optimizers.Optimizer, "_update_model_variables_moving_average"),
