@@ -36,7 +36,8 @@ demo: $(BASE_STAMP)
 # Two test processes: most of a test's time is single-threaded (process start-up, graph tracing),
 # so two overlap well on two cores. The slow tier (the kill soak and the other minutes-long tests:
 # multi-worker and JAX multi-device runs, JAX parity, the documented commands' chain, the recipe
-# switches killed and resumed one by one and on JAX/PyTorch, fine-tuning killed in each phase) runs with
+# switches killed and resumed one by one and on JAX/PyTorch, fine-tuning killed in each phase, runs
+# killed at each stage, and the longer variants of paths that `make test` covers once) runs with
 # `make soak`. Each worker takes a group of tests (a file, or one long test) at a time, the longest first:
 # OWN_GROUP and SLOWEST_GROUPS in tests/conftest.py; --no-loadscope-reorder keeps that order.
 test: $(STAMP)

@@ -136,7 +136,6 @@ SLOWEST_GROUPS = [
     "test_transfer.py",
     "test_backends.py::test_the_parity_and_optimizer_tests_pass_without_tensorflow",
     "test_backends.py::test_keras_files_give_the_same_logits_on_every_backend",
-    "test_hostile_input.py::test_killed_at_any_stage_then_the_same_command_finishes",
     "test_gpu_path.py",
     "test_model.py",
     "test_parity.py",

@@ -323,11 +323,10 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 @pytest.mark.heavy
-# Kills during training are also in test_recipe.py (mid-epoch, exact weights, in `make test`) and in
-# test_training.py and test_cache.py; the other stages are alike (a partial file left, then the same command):
-# all but `backup` in `make soak`, so CI's `make test` stays under 15 minutes.
-@pytest.mark.parametrize("stage", [pytest.param(stage, marks=pytest.mark.slow) if stage != "backup" else stage
-                                   for stage in ("data", "mid_epoch", "save", "backup", "test_eval")])
+# In `make soak`, so CI's `make test` stays under 15 minutes: `make test` kills a run mid-epoch in
+# test_recipe.py (exact weights) and a search's trial after its epoch backup in test_tuning.py.
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["data", "mid_epoch", "save", "backup", "test_eval"])
 def test_killed_at_any_stage_then_the_same_command_finishes(tmp_path, stage):
     data = make_folder(tmp_path / "ds")
     out = tmp_path / "run"

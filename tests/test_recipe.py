@@ -252,7 +252,7 @@ def test_validation_best_keras_and_the_test_scores_use_the_averaged_weights(shar
                                keras.ops.convert_to_numpy(best.get_layer("logits").weights[0]))
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # `make soak`; `make test` extends a run in test_tracking.py (the longer schedule's lr included)
 def test_a_finished_run_extends_to_more_epochs_with_the_longer_schedule(shared_run, tmp_path):
     import json
     import math

@@ -143,6 +143,7 @@ def test_a_save_that_fails_half_way_leaves_the_backups_as_they_were(trained_stat
     assert not store.roll_back_to(3)
 
 
+@pytest.mark.slow  # `make soak`: two runs in processes of their own
 def test_a_full_disk_names_the_folder_and_the_same_command_resumes(tmp_path):
     """Files may not grow past 1 MiB (a disk that fills at the first `.keras` save): one line, exit 1; then
     with room again the same command finishes the run."""

@@ -152,7 +152,7 @@ class Recorder(keras.callbacks.Callback):
         self.epochs[epoch + 1] = {name: values(self.model.get_layer(name)) for name in ("root_conv1", "root_bn1", "logits")}
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # `make soak`; `make test` fine-tunes with --freeze-epochs in test_tuning.py (a search's trial and retraining)
 def test_train_init_from_trains_the_head_alone_first_then_everything(source, tmp_path, monkeypatch):
     """One run; a resumed run's phases are `TrainConfig.phases` (above)."""
     from upanets_keras import faults
