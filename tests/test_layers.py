@@ -116,6 +116,30 @@ def test_fused_batchnorm_with_shift_equals_the_plain_formulation(rank_shape):
     np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-5)
 
 
+def test_bfloat16_batchnorm_equals_the_float32_one_rounded_once_forward_and_backward():
+    import tensorflow as tf
+
+    from upanets_keras.kernels import fused_batch_norm
+
+    x = tf.constant(_rand(4, 3, 3, 2) * 3 + 1)
+    scale, offset, mean, variance = tf.constant([1.5, 0.5]), tf.constant([0.1, -0.2]), tf.zeros(2), tf.ones(2)
+    w = tf.cast(tf.cast(_rand(4, 3, 3, 2, seed=1), tf.bfloat16), tf.float32)  # its gradient exact in bfloat16
+    results = {}
+    for dtype in (tf.bfloat16, tf.float32):
+        t = tf.cast(tf.cast(x, tf.bfloat16), dtype)  # the same bfloat16 values
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            y, *stats = fused_batch_norm(t, scale, offset, mean, variance, 1e-5, True, momentum=0.9)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
+        results[dtype] = y, stats, tape.gradient(loss, t)
+    (y16, stats16, g16), (y32, stats32, g32) = results[tf.bfloat16], results[tf.float32]
+    assert y16.dtype == tf.bfloat16 and g16.dtype == tf.bfloat16
+    np.testing.assert_array_equal(y16.numpy(), tf.cast(y32, tf.bfloat16).numpy())  # float32 work, one rounding
+    np.testing.assert_array_equal(g16.numpy(), tf.cast(g32, tf.bfloat16).numpy())
+    for a, b in zip(stats16, stats32):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_layer_norm_gradient_matches_automatic_differentiation():
     import tensorflow as tf
 

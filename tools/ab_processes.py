@@ -32,7 +32,7 @@ def worker(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from upanets_keras.benchmark import prepare_model
 
-    model, x, y, *_ = prepare_model(args.filters, 1, 10, args.batch_size, args.image_size)
+    model, x, y, *_ = prepare_model(args.filters, 1, 10, args.batch_size, args.image_size, precision=args.precision)
 
     def rate(fn, steps):
         for _ in range(args.warmup):
@@ -70,6 +70,7 @@ def main(argv=None):
     parser.add_argument("--filters", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--precision", default="auto", help="dtype policy of every worker (auto: what `train` picks)")
     parser.add_argument("--emulate-avx2", action="store_true", help="ONEDNN_MAX_CPU_ISA=AVX2 in every worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -79,7 +80,7 @@ def main(argv=None):
         parser.error("give at least two configurations")
     envs = [parse_env(c) for c in args.configs]
     passed = ["--steps", args.steps, "--warmup", args.warmup, "--filters", args.filters,
-              "--batch-size", args.batch_size, "--image-size", args.image_size]
+              "--batch-size", args.batch_size, "--image-size", args.image_size, "--precision", args.precision]
     results = {i: [] for i in range(len(envs))}
     for round_ in range(1, args.rounds + 1):
         for i, extra in enumerate(envs):

@@ -43,6 +43,10 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
             (`momentum * moving + (1 - momentum) * batch`) by the kernel itself
             instead of the batch statistics.
 
+    A bfloat16 `x` is normalised in float32 (cast in, cast back): oneDNN's bfloat16 batch-norm kernels
+    take 3-6x the time of its float32 ones (measured on AVX512_BF16; docs/PERFORMANCE.md), which made
+    a mixed_bfloat16 training step slower than a float32 one.
+
     Returns:
         `(y, mean, variance)`, `y` of `x`'s dtype; in training the batch
         statistics (the variance the unbiased one, `n / (n - 1)`, PyTorch's
@@ -54,6 +58,9 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
     """
     import tensorflow as tf
 
+    dtype = x.dtype
+    if dtype == tf.bfloat16:
+        x = tf.cast(x, tf.float32)
     rank2 = x.shape.rank == 2
     if rank2:
         x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
@@ -76,6 +83,7 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
         # Only rank-2 inputs are reshaped: a reshape between the kernel and a following
         # ReLU would keep Grappler from fusing convolution, batch norm and ReLU in inference.
         y = tf.reshape(y, [-1, y.shape[-1]])
+    y = tf.cast(y, dtype)
     if not training:
         return y, None, None
     return y, batch_mean, batch_variance
