@@ -16,7 +16,7 @@ import os
 
 MODEL = "best.keras"
 CONFIG = "config.json"
-PROJECT_RUN = "best"  # a tune project's retraining (`tuning.search.BEST_RUN`)
+PROJECT_RUN = "best"  # a tune project's retraining (`tune` writes it there)
 # What a command that scores or calibrates on the run's data reads from its `config.json`.
 DATA_FIELDS = ("dataset", "data_dir", "val_split", "seed", "image_size", "cache", "cache_dir")
 

@@ -8,7 +8,7 @@ import shutil
 
 import keras_tuner
 
-from upanets_keras import compat, determinism
+from upanets_keras import compat, determinism, runs
 from upanets_keras.defaults import OBJECTIVES
 from upanets_keras.files import atomic_write, resumable_when_disk_full
 from upanets_keras.run_lock import LOCK_NAME, RunLock
@@ -92,7 +92,7 @@ def prepare_project(config, project_dir, role, overwrite, payload):
         write_json(path, payload)
 
 
-BEST_RUN = "best"  # the retraining's run directory inside the project
+BEST_RUN = runs.PROJECT_RUN  # the retraining's run directory inside the project
 
 
 def retrain_best(config, hypermodel, values, project_dir, echo, log_every=None):
