@@ -165,6 +165,7 @@ class FiniteFloatRange(click.FloatRange):
 
 DATASETS, VARIANT_NAMES = defaults.DATASETS, tuple(defaults.VARIANTS)
 PRECISIONS, JIT_CHOICES, CACHE_MODES = defaults.PRECISIONS, defaults.JIT_CHOICES, defaults.CACHE_MODES
+PRECISION_HELP = "auto: mixed_float16 on a GPU; mixed_bfloat16 on a CPU with AVX512_BF16 or AMX; float32 elsewhere."
 STRATEGIES, BATCH_MODES, LR_SCALINGS = defaults.STRATEGIES, defaults.BATCH_MODES, defaults.LR_SCALINGS
 TTA_MODES = defaults.TTA_MODES
 MODEL_HELP = "a .keras model, an exported .tflite / .onnx file or SavedModel folder, or a run directory"

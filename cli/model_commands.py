@@ -5,7 +5,7 @@ import os
 import click
 
 from upanets_keras_cli.common import (
-    DATASETS, JIT_CHOICES, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, from_run,
+    DATASETS, JIT_CHOICES, PRECISION_HELP, PRECISIONS, VARIANT_NAMES, cache_options, check_output_path, defaults, from_run,
     load_light, deterministic_option, output_folder, user_errors,
 )
 
@@ -164,7 +164,7 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
 @click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
 @click.option("--batch-size", default=defaults.RECIPE["batch_size"], show_default=True, type=click.IntRange(min=1))
 @click.option("--image-size", default=32, show_default=True, type=click.IntRange(min=8))
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on the CPU.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True, help="XLA; auto: on for a GPU.")
 @deterministic_option
 @click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed repetitions of each measurement (the median is reported).")

@@ -8,7 +8,7 @@ tests/test_cli.py checks both commands take one option for each `TrainConfig` fi
 import click
 
 from upanets_keras_cli.common import (
-    BATCH_MODES, DATASETS, JIT_CHOICES, LR_SCALINGS, PRECISIONS, RECIPE, STRATEGIES, VARIANT_NAMES, FiniteFloatRange,
+    BATCH_MODES, DATASETS, JIT_CHOICES, LR_SCALINGS, PRECISION_HELP, PRECISIONS, RECIPE, STRATEGIES, VARIANT_NAMES, FiniteFloatRange,
     augmentation_options, cache_options, defaults, deterministic_option, load_config_file, log_every_option,
 )
 
@@ -80,7 +80,7 @@ def run_options(tune=False):
                      help="Fraction of the training data held out for validation."),
         click.option("--seed", default=RECIPE["seed"], show_default=True, type=int),
         click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                     help="auto: mixed_float16 on a GPU, float32 on the CPU."),
+                     help=PRECISION_HELP),
         click.option("--jit-compile", type=click.Choice(JIT_CHOICES), default="auto", show_default=True,
                      help="XLA; auto: on for a GPU (always on JAX)."),
         deterministic_option,

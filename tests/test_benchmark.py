@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from upanets_keras.benchmark import format_report, run_benchmark
+from upanets_keras.training.config import choose_precision
 from upanets_keras_cli.main import cli
 
 TINY = dict(filters=4, image_size=16, batch_size=8, steps=2, warmup=1)
@@ -28,7 +29,8 @@ def test_figures_are_positive_and_describe_the_setup(figures):
     assert figures["model"]["filters"] == 4 and figures["model"]["image_size"] == 16
     assert figures["model"]["parameters"] > 0
     assert figures["batch_size"] == 8 and figures["steps"] == 2
-    assert figures["precision"] == "float32" and figures["jit_compile"] is False  # CPU defaults
+    assert (figures["precision"], figures["precision_reason"]) == choose_precision("auto")  # this machine's
+    assert figures["jit_compile"] is False  # the CPU's default
     assert figures["device"].startswith(("CPU", "GPU"))
     assert {"inter_op", "intra_op", "cpu_count", "onednn"} <= set(figures["threads"])
     assert figures["threads"]["onednn"] in (True, False, None)  # TensorFlow's answer, not the variable

@@ -75,3 +75,38 @@ def test_cli_help_imports_no_tensorflow_but_sets_onednn_up():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     expected = "1" if runtime.is_x86() else "None"
     assert out.stdout.split() == ["0", "False", "False", expected]
+
+
+def test_bfloat16_isa_reads_the_cpu_flags_and_the_onednn_limit():
+    zen4 = {"avx2": True, "avx512f": True, "avx512_bf16": True}
+    sapphire_rapids = {**zen4, "amx_tile": True, "amx_bf16": True}
+    assert runtime.bfloat16_isa(zen4, {}) == "avx512_bf16"
+    assert runtime.bfloat16_isa(sapphire_rapids, {}) == "amx_bf16"
+    assert runtime.bfloat16_isa({"avx2": True, "avx512f": True}, {}) is None
+    assert runtime.bfloat16_isa({}, {}) is None  # /proc/cpuinfo unreadable: no claim
+    # oneDNN held below the bfloat16 instructions (how an older CPU is emulated) takes them away
+    assert runtime.bfloat16_isa(zen4, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) is None
+    assert runtime.bfloat16_isa(zen4, {"DNNL_MAX_CPU_ISA": "avx512_core_vnni"}) is None
+    assert runtime.bfloat16_isa(sapphire_rapids, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == "avx512_bf16"
+    assert runtime.bfloat16_isa(sapphire_rapids, {"ONEDNN_MAX_CPU_ISA": "AVX10_1_512_AMX"}) == "amx_bf16"  # an alias
+    assert runtime.bfloat16_isa(zen4, {"ONEDNN_MAX_CPU_ISA": "ALL"}) == "avx512_bf16"
+
+
+@pytest.mark.parametrize("gpu, isa, backend, expected", [
+    (True, "amx_bf16", "tensorflow", ("mixed_float16", "auto: a GPU")),
+    (False, "avx512_bf16", "tensorflow", ("mixed_bfloat16", "auto: a CPU with AVX512_BF16")),
+    (False, "amx_bf16", "tensorflow", ("mixed_bfloat16", "auto: a CPU with AMX_BF16")),
+    # JAX's and PyTorch's mixed_bfloat16 steps on a CPU are no faster (docs/PERFORMANCE.md)
+    (False, "avx512_bf16", "jax", ("float32", "auto: jax trains no faster in bfloat16 on a CPU")),
+    (False, "avx512_bf16", "torch", ("float32", "auto: torch trains no faster in bfloat16 on a CPU")),
+    (False, None, "tensorflow", ("float32", "auto: a CPU without bfloat16 instructions")),
+])
+def test_auto_precision_follows_the_device_and_the_cpu(monkeypatch, gpu, isa, backend, expected):
+    from upanets_keras import backend as backend_module
+    from upanets_keras.training import config
+
+    monkeypatch.setattr(config, "has_gpu", lambda: gpu)
+    monkeypatch.setattr(runtime, "bfloat16_isa", lambda: isa)
+    monkeypatch.setattr(backend_module, "name", lambda: backend)
+    assert config.choose_precision("auto") == expected
+    assert config.choose_precision("float32") == ("float32", "asked for")

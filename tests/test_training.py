@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import FIXTURES
 from upanets_keras.training import TrainingError
+from upanets_keras.training.config import choose_precision
 from upanets_keras_cli.main import cli
 
 TINY = ["--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64"]
@@ -68,7 +69,10 @@ def test_train_writes_the_run_directory(trained):
     assert metrics["test_accuracy"] > 0.3  # far above the 0.1 of chance after two epochs
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["filters"] == 4 and config["run"]["seed"] == 3  # file and command line merged
-    assert config["precision"] == "float32" and "tensorflow" in config["versions"]
+    # auto: float32, or mixed_bfloat16 on a CPU with AVX512_BF16/AMX; the line and config.json say which and why
+    assert (config["precision"], config["precision_reason"]) == choose_precision("auto")
+    assert f"precision {config['precision']} ({config['precision_reason']})" in output
+    assert "tensorflow" in config["versions"]
     assert epochs_in(out / "history.csv") == [1, 2]  # as the console counts them
     assert not (out / "backup").exists()
     assert config["dataset"]["images"] == {"train": 1293, "val": 145, "test": 359}

@@ -15,7 +15,7 @@ import keras_tuner
 import pytest
 from click.testing import CliRunner
 
-from upanets_keras.training import TrainConfig
+from upanets_keras.training import TrainConfig, resolve_precision
 from upanets_keras.tuning.config import TuneConfig, TuningError
 from upanets_keras.tuning.hypermodel import UPANetsHyperModel
 from upanets_keras.tuning.space import PAPER, SearchSpace, SearchSpaceError, parse_option
@@ -431,7 +431,7 @@ def test_modern_fine_tuning_search_a_trial_killed_mid_epoch_resumes_and_the_retr
     recorded = json.loads((trial / "config.json").read_text())
     assert recorded["run"]["recipe"] == "modern" and recorded["run"]["ema"] == 0.999
     assert recorded["run"]["freeze_epochs"] == 1 and recorded["init_from"]["source"]
-    assert recorded["precision"] == "float32" and recorded["batch"] == {"global_batch_size": 32,
+    assert recorded["precision"] == resolve_precision("auto") and recorded["batch"] == {"global_batch_size": 32,
                                                                         "lr": recorded["run"]["lr"]}
 
     # The retraining is a train() run of the same TrainConfig (final epochs = a trial's): the killed and

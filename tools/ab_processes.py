@@ -5,13 +5,15 @@ next's, so a change is judged by pairs: every round runs each configuration
 once, in turn, and the ratio of each configuration to the first one in the
 same round is taken; the medians of those ratios are the result. A
 configuration is a set of environment variables (`NAME=value`, space-separated;
-`PYTHONPATH=<checkout>` compares code). Each worker times `train_on_batch` and
+`PYTHONPATH=<checkout>` compares code), plus `precision=POLICY`, that configuration's
+dtype policy (else `--precision`). Each worker times `train_on_batch` and
 `predict_on_batch` of upanets16 on one synthetic batch, as `benchmark` does,
 and reports its minor page faults and CPU time per training step.
 
 Usage:
     python tools/ab_processes.py --rounds 4 "" "TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1"
     python tools/ab_processes.py --emulate-avx2 "PYTHONPATH=/tmp/old-checkout" ""
+    python tools/ab_processes.py "precision=float32" "precision=mixed_bfloat16" "KERAS_BACKEND=jax precision=float32"
 """
 
 import argparse
@@ -84,8 +86,10 @@ def main(argv=None):
     results = {i: [] for i in range(len(envs))}
     for round_ in range(1, args.rounds + 1):
         for i, extra in enumerate(envs):
+            extra = dict(extra)
+            precision = ["--precision", extra.pop("precision")] if "precision" in extra else []
             env = {**os.environ, **(AVX2_EMULATION if args.emulate_avx2 else {}), **extra}
-            out = subprocess.run([sys.executable, __file__, "--worker", *map(str, passed)], env=env,
+            out = subprocess.run([sys.executable, __file__, "--worker", *map(str, passed), *precision], env=env,
                                  capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(f"error: worker '{args.configs[i]}' failed:\n{out.stderr[-2000:]}")

@@ -15,8 +15,10 @@ copied into this project.
 Usage:
     git clone https://github.com/hanktseng131415go/UPANets /tmp/upanets_ref
     python tools/side_by_side.py --reference /tmp/upanets_ref [--variant upanets16] [--rounds 10] [--repeats 3]
-    # an AVX2-only machine emulated on an AVX-512 one (oneDNN, MKL and ATen limited to AVX2):
-    python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2
+    # an AVX2-only machine emulated on an AVX-512 one (oneDNN, MKL and ATen limited to AVX2), or an
+    # AVX-512 machine without bfloat16 on a newer one:
+    python tools/side_by_side.py --reference /tmp/upanets_ref --emulate avx2
+    python tools/side_by_side.py --reference /tmp/upanets_ref --emulate avx512
     # what TensorFlow's default policy gives on such a machine (oneDNN off in the Keras worker):
     python tools/side_by_side.py --reference /tmp/upanets_ref --emulate-avx2 --keras-env TF_ENABLE_ONEDNN_OPTS=0
     # the Keras worker on another backend (the report names it)
@@ -59,8 +61,13 @@ defaults, timing = plain_module("defaults"), plain_module("timing")
 CIFAR_MEAN, CIFAR_STD = defaults.CIFAR_MEAN, defaults.CIFAR_STD
 PIPELINE_BATCHES, synthetic_batch, time_calls = timing.PIPELINE_BATCHES, timing.synthetic_batch, timing.time_calls
 VARIANTS = {name: (v["filters"], v["blocks"]) for name, v in defaults.VARIANTS.items()}
-# Limits every vector-kernel library of both frameworks to AVX2 (oneDNN, MKL, ATen's dispatch).
-AVX2_EMULATION = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+# Limits every vector-kernel library of both frameworks to an older CPU class (oneDNN, MKL, ATen's dispatch):
+# avx2 (e.g. Zen 3, Haswell to Cascade Lake clients) or avx512 without bfloat16 (e.g. Skylake-SP to Ice Lake servers).
+EMULATIONS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+               "ATEN_CPU_CAPABILITY": "avx512"},
+}
 
 
 def cpu_model():
@@ -216,7 +223,7 @@ def run_workers(argv, args):
     times = {"keras": {}, "reference": {}}
     per_run = {"keras": [], "reference": []}  # each worker run's medians, for pair-by-pair ratios
     info = {}
-    base_env = dict(os.environ, **(AVX2_EMULATION if args.emulate_avx2 else {}))
+    base_env = dict(os.environ, **EMULATIONS.get(args.emulate, {}))
     keras_env = dict(base_env, **dict(kv.split("=", 1) for kv in args.keras_env))
     for _ in range(args.repeats):
         for worker, env in (("keras", keras_env), ("reference", base_env)):
@@ -249,9 +256,12 @@ def main(argv=None):
                         help="The reference's: float32, or bfloat16 autocast around forward and loss.")
     parser.add_argument("--reference-channels-last", action="store_true",
                         help="The reference's model and batch in torch.channels_last memory format.")
-    parser.add_argument("--emulate-avx2", action="store_true",
-                        help="Limit oneDNN, MKL and ATen to AVX2 in both workers: " + ", ".join(
-                            f"{k}={v}" for k, v in AVX2_EMULATION.items()))
+    parser.add_argument("--emulate", choices=sorted(EMULATIONS),
+                        help="Limit oneDNN, MKL and ATen to an older CPU class in both workers: " + "; ".join(
+                            f"{name}: " + " ".join(f"{k}={v}" for k, v in env.items())
+                            for name, env in EMULATIONS.items()))
+    parser.add_argument("--emulate-avx2", action="store_const", const="avx2", dest="emulate",
+                        help="The same as --emulate avx2.")
     parser.add_argument("--keras-env", action="append", default=[], metavar="NAME=VALUE",
                         help="Extra environment variable for the Keras worker only (repeatable), "
                              "e.g. TF_ENABLE_ONEDNN_OPTS=0.")
@@ -288,7 +298,7 @@ def main(argv=None):
              for k in compared}
     report = {
         "variant": args.variant, "batch_size": b, "image_size": args.image_size, "rounds": args.rounds,
-        "repeats": args.repeats, "emulate_avx2": args.emulate_avx2, "keras_env": args.keras_env,
+        "repeats": args.repeats, "emulate": args.emulate, "keras_env": args.keras_env,
         "images_per_second": rates, "range": spread, "ratios": ratios, "workers": info,
         "pair_ratios": pairs, "pair_ratio_medians": {k: statistics.median(v) for k, v in pairs.items()},
         "cpu": f"{cpu_model()}, {os.cpu_count()} logical cores",
@@ -299,8 +309,9 @@ def main(argv=None):
         return
     print(f"{args.variant}, batch {b}, {args.image_size}x{args.image_size}; medians of {args.rounds} timed calls "
           f"x {args.repeats} alternations, each framework in its own process")
-    if args.emulate_avx2:
-        print("AVX2 EMULATION: " + " ".join(f"{k}={v}" for k, v in AVX2_EMULATION.items()) + " in both workers")
+    if args.emulate:
+        print(f"{args.emulate.upper()} EMULATION: " + " ".join(f"{k}={v}" for k, v in EMULATIONS[args.emulate].items())
+              + " in both workers")
     if args.keras_env:
         print("Keras worker environment: " + " ".join(args.keras_env))
     print()

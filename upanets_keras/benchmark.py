@@ -14,6 +14,7 @@ from upanets_keras.defaults import CIFAR_MEAN, CIFAR_STD
 from upanets_keras.errors import ConfigError
 from upanets_keras.timing import PIPELINE_BATCHES, images_per_second, synthetic_batch, time_calls
 from upanets_keras.training import Plan, TrainConfig, assemble, versions
+from upanets_keras.training.config import choose_precision
 from upanets_keras.variants import count_parameters, variant_config
 
 CIFAR_EPOCH = 50_000  # images in one CIFAR-10/100 training epoch
@@ -192,7 +193,7 @@ def run_benchmark(
         num_classes: number of logits.
         batch_size: images per step.
         image_size: input side (a multiple of 8).
-        precision: `auto` (mixed_float16 on a GPU, float32 on the CPU) or a policy name.
+        precision: `auto` (see `upanets_keras.training.config.choose_precision`) or a policy name.
         jit_compile: `auto` (XLA on a GPU only), `on` or `off`.
         deterministic: `auto`, `on` or `off`, as `train` takes it (see `upanets_keras.determinism`).
         steps: timed repetitions of each measurement.
@@ -248,6 +249,7 @@ def run_benchmark(
         },
         "batch_size": batch_size,
         "precision": policy,
+        "precision_reason": choose_precision(precision)[1],
         "jit_compile": jit,
         "deterministic": exact,
         "steps": steps,
@@ -279,7 +281,9 @@ def format_report(figures):
     lines = [
         f"UPANets {m['name']} (filters {m['filters']}, blocks {m['blocks']}, {m['parameters']:,} parameters), "
         f"batch {figures['batch_size']}, {m['image_size']}x{m['image_size']}, {m['num_classes']} classes",
-        f"precision {figures['precision']}, XLA {'on' if figures['jit_compile'] else 'off'}, "
+        f"precision {figures['precision']}"
+        f"{'' if figures.get('precision_reason', 'asked for') == 'asked for' else ' (' + figures['precision_reason'] + ')'}"
+        f", XLA {'on' if figures['jit_compile'] else 'off'}, "
         f"deterministic {figures['deterministic']['mode']} (bit-exact: {figures['deterministic']['bit_exact']}); "
         f"median of {figures['steps']} timings after {figures['warmup']} warm-up calls",
         "",

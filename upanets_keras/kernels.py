@@ -10,6 +10,8 @@ what each is worth).
 import keras
 
 FUSED_DTYPES = ("float16", "bfloat16", "float32")
+# oneDNN has bfloat16 batch-norm JIT kernels for channels in multiples of this; others run its reference C++ code.
+BFLOAT16_BN_CHANNELS = 16
 
 
 def can_fuse_batch_norm(inputs, axis):
@@ -43,9 +45,11 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
             (`momentum * moving + (1 - momentum) * batch`) by the kernel itself
             instead of the batch statistics.
 
-    A bfloat16 `x` is normalised in float32 (cast in, cast back): oneDNN's bfloat16 batch-norm kernels
-    take 3-6x the time of its float32 ones (measured on AVX512_BF16; docs/PERFORMANCE.md), which made
-    a mixed_bfloat16 training step slower than a float32 one.
+    A bfloat16 `x` whose channels are not a multiple of `BFLOAT16_BN_CHANNELS` is normalised in
+    float32 (cast in, cast back): oneDNN has no bfloat16 JIT kernel for those and runs its reference
+    C++ code, 20-140x slower in oneDNN's own timings (UPANets' 4- and 8-channel layers made a mixed_bfloat16 step slower than
+    float32); other bfloat16 inputs run oneDNN's bfloat16 kernel, faster than casting
+    (docs/PERFORMANCE.md).
 
     Returns:
         `(y, mean, variance)`, `y` of `x`'s dtype; in training the batch
@@ -59,7 +63,7 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
     import tensorflow as tf
 
     dtype = x.dtype
-    if dtype == tf.bfloat16:
+    if dtype == tf.bfloat16 and x.shape[-1] % BFLOAT16_BN_CHANNELS:
         x = tf.cast(x, tf.float32)
     rank2 = x.shape.rank == 2
     if rank2:

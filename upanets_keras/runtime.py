@@ -95,6 +95,35 @@ def cpu_features():
     return {name: name in flags for name in ISA_FLAGS}
 
 
+# oneDNN's ISA names (`ONEDNN_MAX_CPU_ISA`) by level, aliases alike; bfloat16 arithmetic needs AVX512_CORE_BF16.
+ONEDNN_ISA_LEVELS = {"SSE41": 0, "AVX": 1, "AVX2": 2, "AVX2_VNNI": 3, "AVX2_VNNI_2": 4, "AVX512_CORE": 5,
+                     "AVX512_CORE_VNNI": 6, "AVX512_CORE_BF16": 7, "AVX10_1_512": 8, "AVX512_CORE_FP16": 8,
+                     "AVX10_1_512_AMX": 9, "AVX512_CORE_AMX": 9, "AVX10_1_512_AMX_FP16": 10,
+                     "AVX512_CORE_AMX_FP16": 10, "AVX10_2_512": 11, "AVX10_2_512_AMX_2": 12}
+BFLOAT16_ISAS = (("amx_bf16", "AVX512_CORE_AMX"), ("avx512_bf16", "AVX512_CORE_BF16"))  # best first
+
+
+def bfloat16_isa(features=None, environ=None):
+    """The CPU's bfloat16 instructions that oneDNN may use: `"amx_bf16"`, `"avx512_bf16"` or `None`.
+
+    `None` where the CPU has neither, where /proc/cpuinfo cannot tell, or where
+    `ONEDNN_MAX_CPU_ISA` (or `DNNL_MAX_CPU_ISA`) holds oneDNN below them (e.g.
+    `AVX2`, how the suite emulates an older CPU).
+
+    Example:
+    >>> bfloat16_isa({"avx2": True, "avx512_bf16": True}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) is None
+    True
+    """
+    features = cpu_features() if features is None else features
+    environ = os.environ if environ is None else environ
+    limit = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    ceiling = ONEDNN_ISA_LEVELS.get(limit, max(ONEDNN_ISA_LEVELS.values()))  # ALL, DEFAULT: no limit
+    for flag, isa in BFLOAT16_ISAS:
+        if features.get(flag) and ONEDNN_ISA_LEVELS[isa] <= ceiling:
+            return flag
+    return None
+
+
 def available_cpus():
     """The CPUs this process may run on (its affinity mask where the OS has one, else all)."""
     try:
@@ -136,7 +165,8 @@ def describe():
             "tensorflow_imported_before_upanets_keras": _tensorflow_was_imported_first,
         },
         "environment": {k: v for k, v in env.items() if v is not None},
-        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "isa": cpu_features()},
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "isa": cpu_features(),
+                "bfloat16": bfloat16_isa()},
     }
 
 

@@ -215,7 +215,8 @@ def build_and_compile(plan, splits, echo):
     echo(
         f"UPANets filters={plan.config.filters} blocks={plan.config.blocks}: {count_parameters(model):,} parameters; "
         f"{info.name}: {len(splits.train[0])} train / {len(splits.val[0])} val / {len(splits.test[0])} test images "
-        f"{info.image_size}px, {info.num_classes} classes; precision {plan.precision}, "
+        f"{info.image_size}px, {info.num_classes} classes; precision {plan.precision}"
+        f"{'' if plan.precision_reason == 'asked for' else f' ({plan.precision_reason})'}, "
         f"XLA {'on' if plan.jit_compile else 'off'}"
     )
     if plan.distribution.description():

@@ -14,7 +14,7 @@ Example:
 
 import dataclasses
 
-from upanets_keras.training.config import resolve_jit, resolve_precision
+from upanets_keras.training.config import choose_precision, resolve_jit
 from upanets_keras.training.recipe import augmentations, build_model, compile_for_training, fit as fit_model
 from upanets_keras.training.recipe import freeze_backbone
 
@@ -29,6 +29,7 @@ class Plan:
         info: the dataset's `DatasetInfo` (classes, image size, mean and std).
         train_images: images in the training split.
         precision: the Keras dtype policy (`auto` resolved).
+        precision_reason: why that policy (`choose_precision`).
         jit_compile: XLA on or off (`auto` resolved).
         global_batch: images an optimizer step, over every replica.
         lr: the peak learning rate at that batch (`--lr-scaling`).
@@ -42,13 +43,14 @@ class Plan:
     jit_compile: bool
     global_batch: int
     lr: float
+    precision_reason: str = "asked for"
 
     @classmethod
     def resolve(cls, config, distribution, info, train_images):
         """The plan of a resolved `TrainConfig` on `distribution` and its dataset: every `auto` decided here."""
-        return cls(config.for_dataset(info), distribution, info, int(train_images),
-                   resolve_precision(config.precision), resolve_jit(config.jit_compile),
-                   distribution.global_batch, distribution.lr)
+        precision, reason = choose_precision(config.precision)
+        return cls(config.for_dataset(info), distribution, info, int(train_images), precision,
+                   resolve_jit(config.jit_compile), distribution.global_batch, distribution.lr, reason)
 
     @classmethod
     def on_one_device(cls, config, num_classes, image_size, mean=None, std=None, class_names=None, train_images=None):
@@ -75,7 +77,7 @@ class Plan:
 
     def recorded(self):
         """The resolved values as `config.json` records them."""
-        return {"precision": self.precision, "jit_compile": self.jit_compile,
+        return {"precision": self.precision, "precision_reason": self.precision_reason, "jit_compile": self.jit_compile,
                 "batch": {"global_batch_size": self.global_batch, "lr": self.lr}}
 
 

@@ -250,11 +250,38 @@ def has_gpu():
     return backend.has_gpu()
 
 
+# Where mixed_bfloat16 trains faster than float32 on a CPU with bfloat16 instructions (docs/PERFORMANCE.md).
+BFLOAT16_CPU_BACKENDS = ("tensorflow",)
+
+
+def choose_precision(precision):
+    """`(policy, why)`: the dtype policy of `precision`, `auto` decided, and the reason in words.
+
+    `auto` is mixed_float16 on a GPU; mixed_bfloat16 on a CPU whose bfloat16
+    instructions oneDNN may use (AVX512_BF16, AMX) under a backend where that
+    trains faster (`BFLOAT16_CPU_BACKENDS`); float32 on other CPUs.
+
+    Example:
+    >>> choose_precision("float32")
+    ('float32', 'asked for')
+    """
+    if precision != "auto":
+        return precision, "asked for"
+    if has_gpu():
+        return "mixed_float16", "auto: a GPU"
+    from upanets_keras import backend, runtime
+
+    isa = runtime.bfloat16_isa()
+    if isa is None:
+        return "float32", "auto: a CPU without bfloat16 instructions"
+    if backend.name() not in BFLOAT16_CPU_BACKENDS:
+        return "float32", f"auto: {backend.name()} trains no faster in bfloat16 on a CPU"
+    return "mixed_bfloat16", f"auto: a CPU with {isa.upper()}"
+
+
 def resolve_precision(precision):
-    """`auto` is mixed_float16 on a GPU and float32 on the CPU."""
-    if precision == "auto":
-        return "mixed_float16" if has_gpu() else "float32"
-    return precision
+    """The dtype policy of `precision` (see `choose_precision`)."""
+    return choose_precision(precision)[0]
 
 
 def resolve_jit(jit_compile):
