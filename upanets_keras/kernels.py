@@ -1,10 +1,12 @@
-"""TensorFlow fast paths for the normalisations of UPANets.
+"""Fast paths for the normalisations of UPANets, under TensorFlow and JAX.
 
-The layers of `upanets_keras.layers` call these under the TensorFlow backend:
-a batch norm that is one fused kernel (oneDNN on the CPU, cuDNN on a GPU) and
-a parameter-free layer norm with a closed-form gradient. Both compute the same
-function as the plain `keras.ops` formulation (see docs/PERFORMANCE.md for
-what each is worth).
+The layers of `upanets_keras.layers` call these: under TensorFlow a batch
+norm that is one fused kernel (oneDNN on the CPU, cuDNN on a GPU) and a
+parameter-free layer norm with a closed-form gradient; under JAX the training
+batch norm and the layer norm with closed-form gradients (the forward is the
+`keras.ops` one), which compile to fewer kernels than automatic
+differentiation records. Each computes the same function as the plain
+`keras.ops` formulation (see docs/PERFORMANCE.md for what each is worth).
 """
 
 import keras
@@ -127,3 +129,94 @@ def layer_norm(x, epsilon):
     for d in x.shape[1:]:
         features *= d
     return tf.reshape(normalise(tf.reshape(x, [-1, features])), shape)
+
+
+def jax_layer_norm(x, epsilon):
+    """`layer_norm` under JAX: the forward of the `keras.ops` formulation, the closed-form gradient.
+
+    Normalises over all non-batch axes; the gradient is
+    `r * (g - mean(g) - y * mean(g * y))`: two reductions and one elementwise
+    pass, where automatic differentiation compiles to three more kernels.
+
+    Example:
+    >>> import jax.numpy as jnp
+    >>> jax_layer_norm(jnp.arange(8.0).reshape(2, 4), 1e-5).shape
+    (2, 4)
+    """
+    import jax
+    import jax.numpy as jnp
+
+    axes = tuple(range(1, x.ndim))
+
+    def forward(x):
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        variance = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        rstd = jax.lax.rsqrt(variance + epsilon)
+        y = (x - mean) * rstd
+        return y, (y, rstd)
+
+    def backward(saved, g):
+        y, rstd = saved
+        g_mean = jnp.mean(g, axis=axes, keepdims=True)
+        gy_mean = jnp.mean(g * y, axis=axes, keepdims=True)
+        return (rstd * (g - g_mean - y * gy_mean),)
+
+    normalise = jax.custom_vjp(lambda x: forward(x)[0])
+    normalise.defvjp(forward, backward)
+    return normalise(x)
+
+
+def jax_batch_norm_training(x, gamma, beta, epsilon, axes):
+    """A training batch norm under JAX: the `keras.ops` forward (op for op), the closed-form gradient.
+
+    Args:
+        x: the tensor (float32), normalised over `axes`, channels last.
+        gamma, beta: `(channels,)` scale and offset, of `x`'s dtype.
+        epsilon: added to the variance.
+        axes: the reduced axes (every one but the last).
+
+    Returns:
+        `(y, mean, variance)`: the output and the batch statistics (the
+        biased variance), which carry no gradient (they only feed the moving
+        averages). The gradients are `sum(g)` for `beta`, `sum(g * xhat)` for
+        `gamma` and `gamma * r * (g - mean(g) - xhat * mean(g * xhat))` for `x`,
+        where automatic differentiation through the moments compiles to four
+        more kernels.
+
+    Example:
+    >>> import jax.numpy as jnp
+    >>> y, mean, variance = jax_batch_norm_training(jnp.arange(8.0).reshape(4, 2), jnp.ones(2), jnp.zeros(2),
+    ...                                             1e-5, (0,))
+    >>> mean.tolist()
+    [3.0, 4.0]
+    """
+    import jax
+    import jax.numpy as jnp
+
+    axes = tuple(axes)
+    count = 1
+    for axis in axes:
+        count *= x.shape[axis]
+
+    def forward(x, gamma, beta):
+        # keras.ops.moments and keras.ops.batch_normalization of Keras' JAX backend, op for op
+        mean = jnp.squeeze(jnp.mean(x, axes, keepdims=True), axes)
+        variance = jnp.squeeze(jnp.var(x, axis=axes, keepdims=True), axes)
+        inv = jax.lax.rsqrt(variance + epsilon) * gamma
+        y = jnp.add(x * inv, -mean * inv + beta)
+        return (y, mean, variance), (x, mean, variance, gamma)
+
+    def backward(saved, cotangents):
+        x, mean, variance, gamma = saved
+        g = cotangents[0]  # the statistics' are zero: they leave through stop_gradient
+        rstd = jax.lax.rsqrt(variance + epsilon)
+        xhat = (x - mean) * rstd
+        g_sum = jnp.sum(g, axis=axes)
+        gxhat_sum = jnp.sum(g * xhat, axis=axes)
+        dx = (gamma * rstd) * (g - g_sum / count - xhat * (gxhat_sum / count))
+        return dx, gxhat_sum, g_sum
+
+    normalise = jax.custom_vjp(lambda x, gamma, beta: forward(x, gamma, beta)[0])
+    normalise.defvjp(forward, backward)
+    y, mean, variance = normalise(x, gamma, beta)
+    return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(variance)
