@@ -1,9 +1,11 @@
 """The size of the compiled training step: HLO instructions and fusions, a CPU proxy for a GPU's fixed cost.
 
 A GPU runs roughly one kernel per top-level instruction of the optimized
-program, and at small batches the launches, not the arithmetic, set the step
-time (issue 38). Counting them needs no GPU: the CPU compiles the same HLO
-before optimisation, and XLA's CPU fusion is a close stand-in for the GPU's.
+program, and at small batches the launches, not the arithmetic, may well set
+the step time (issue 38). Counting them needs no GPU: the CPU compiles the same HLO
+before optimisation, and XLA's CPU fusion is a rough stand-in for the GPU's
+(it lacks the GPU's horizontal fusion of small independent kernels, such as
+the optimizer's per-variable updates).
 `benchmark` reports these counts; every change to the model's ops can be
 checked against them.
 
@@ -131,7 +133,7 @@ def watch_compiles():
 
     seconds = {"trace_seconds": 0.0, "compile_seconds": 0.0}
     hits, pending = [], []  # a cache hit is recorded inside the compile event of its function, which names it
-    active = [True]  # JAX before 0.5 cannot unregister a listener: it then stays, doing nothing
+    active = [True]  # where this JAX cannot unregister a listener, it stays, doing nothing
 
     def on_duration(event, duration, **kwargs):
         if not active:
