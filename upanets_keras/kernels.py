@@ -2,11 +2,11 @@
 
 The layers of `upanets_keras.layers` call these: under TensorFlow a batch
 norm that is one fused kernel (oneDNN on the CPU, cuDNN on a GPU) and a
-parameter-free layer norm with a closed-form gradient; under JAX the training
-batch norm and the layer norm with closed-form gradients (the forward is the
-`keras.ops` one), which compile to fewer kernels than automatic
-differentiation records. Each computes the same function as the plain
-`keras.ops` formulation (see docs/PERFORMANCE.md for what each is worth).
+parameter-free layer norm with a closed-form gradient; under JAX the layer
+norm with that gradient (the forward is the `keras.ops` one), which compiles
+to fewer kernels than automatic differentiation records. Each computes the
+same function as the plain `keras.ops` formulation (see docs/PERFORMANCE.md
+for what each is worth).
 """
 
 import keras
@@ -165,58 +165,3 @@ def jax_layer_norm(x, epsilon):
     normalise.defvjp(forward, backward)
     return normalise(x)
 
-
-def jax_batch_norm_training(x, gamma, beta, epsilon, axes):
-    """A training batch norm under JAX: the `keras.ops` forward (op for op), the closed-form gradient.
-
-    Args:
-        x: the tensor (float32), normalised over `axes`, channels last.
-        gamma, beta: `(channels,)` scale and offset, of `x`'s dtype.
-        epsilon: added to the variance.
-        axes: the reduced axes (every one but the last).
-
-    Returns:
-        `(y, mean, variance)`: the output and the batch statistics (the
-        biased variance), which carry no gradient (they only feed the moving
-        averages). The gradients are `sum(g)` for `beta`, `sum(g * xhat)` for
-        `gamma` and `gamma * r * (g - mean(g) - xhat * mean(g * xhat))` for `x`,
-        where automatic differentiation through the moments compiles to four
-        more kernels.
-
-    Example:
-    >>> import jax.numpy as jnp
-    >>> y, mean, variance = jax_batch_norm_training(jnp.arange(8.0).reshape(4, 2), jnp.ones(2), jnp.zeros(2),
-    ...                                             1e-5, (0,))
-    >>> mean.tolist()
-    [3.0, 4.0]
-    """
-    import jax
-    import jax.numpy as jnp
-
-    axes = tuple(axes)
-    count = 1
-    for axis in axes:
-        count *= x.shape[axis]
-
-    def forward(x, gamma, beta):
-        # keras.ops.moments and keras.ops.batch_normalization of Keras' JAX backend, op for op
-        mean = jnp.squeeze(jnp.mean(x, axes, keepdims=True), axes)
-        variance = jnp.squeeze(jnp.var(x, axis=axes, keepdims=True), axes)
-        inv = jax.lax.rsqrt(variance + epsilon) * gamma
-        y = jnp.add(x * inv, -mean * inv + beta)
-        return (y, mean, variance), (x, mean, variance, gamma)
-
-    def backward(saved, cotangents):
-        x, mean, variance, gamma = saved
-        g = cotangents[0]  # the statistics' are zero: they leave through stop_gradient
-        rstd = jax.lax.rsqrt(variance + epsilon)
-        xhat = (x - mean) * rstd
-        g_sum = jnp.sum(g, axis=axes)
-        gxhat_sum = jnp.sum(g * xhat, axis=axes)
-        dx = (gamma * rstd) * (g - g_sum / count - xhat * (gxhat_sum / count))
-        return dx, gxhat_sum, g_sum
-
-    normalise = jax.custom_vjp(lambda x, gamma, beta: forward(x, gamma, beta)[0])
-    normalise.defvjp(forward, backward)
-    y, mean, variance = normalise(x, gamma, beta)
-    return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(variance)
