@@ -176,6 +176,10 @@ def export_command(model_path, output, format_, quantize, dataset, data_dir, cal
 @click.option("--exported", multiple=True, type=click.Choice(EXPORT_FORMATS),
               help="Also time inference of the model exported to this format (repeatable), run by its own "
                    "runtime as `evaluate` runs it; needs the export extra for litert and onnx.")
+@click.option("--hlo/--no-hlo", "count_hlo", default=None,
+              help="Count the compiled training step's HLO instructions and fusions (a CPU proxy for a GPU's "
+                   "fixed cost per step) [default: wherever that needs no second compilation: JAX, not "
+                   "TensorFlow with XLA on].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object to stdout.")
 @user_errors
 def benchmark(as_json, **options):
@@ -184,7 +188,8 @@ def benchmark(as_json, **options):
     Synthetic data; the model, optimizer step and augmenting pipeline are
     the ones `train` uses (with --cache disk, reading a disk cache). Prints
     the median of repeated timings with the device, versions and thread
-    settings: plain figures, no pass/fail.
+    settings, and the size of the compiled training step (HLO instructions
+    and fusions, under JAX or XLA): plain figures, no pass/fail.
 
     Example: upanets-keras benchmark --variant upanets16 --steps 20 --exported litert
     """

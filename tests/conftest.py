@@ -117,6 +117,7 @@ OWN_GROUP = {
     "test_training.py": ["test_kill_and_resume_ends_with_the_same_number_of_epochs"],
     "test_hostile_input.py": ["test_killed_at_any_stage_then_the_same_command_finishes"],
     "test_cache.py": ["test_a_disk_cached_run_killed_mid_epoch_resumes_exactly"],
+    "test_benchmark.py": ["test_the_benchmark_counts_the_instructions_of_the_compiled_jax_step"],
 }
 # Groups in the order they start, the longest first (from `--durations` on 2 cores), so that the last
 # group to finish is a short one. A group not listed starts after these, in file order.
@@ -136,6 +137,7 @@ SLOWEST_GROUPS = [
     "test_transfer.py",
     "test_backends.py::test_the_parity_and_optimizer_tests_pass_without_tensorflow",
     "test_backends.py::test_keras_files_give_the_same_logits_on_every_backend",
+    "test_benchmark.py::test_the_benchmark_counts_the_instructions_of_the_compiled_jax_step",  # 1-2 min of XLA
     "test_gpu_path.py",
     "test_model.py",
     "test_parity.py",

@@ -2,6 +2,9 @@
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -37,6 +40,8 @@ def test_figures_are_positive_and_describe_the_setup(figures):
     assert figures["runtime"]["onednn"]["enabled"] == figures["threads"]["onednn"]
     assert "avx2" in figures["runtime"]["cpu"]["isa"] or not figures["runtime"]["cpu"]["isa"]
     assert {"tensorflow", "keras"} <= set(figures["versions"])
+    # TensorFlow without XLA (the CPU's default) runs no compiled program to count
+    assert figures["compiled_step"]["available"] is False and "XLA" in figures["compiled_step"]["reason"]
     json.dumps(figures)
 
 
@@ -57,7 +62,7 @@ def test_exported_artifact_is_timed_after_checking_its_logits(figures):
 def test_report_is_a_plain_table(figures):
     report = format_report(figures)
     for text in ("training step", "inference", "input pipeline", "images/s", "device:", "threads:", "TensorFlow",
-                 "oneDNN ", "CPU ISA"):
+                 "oneDNN ", "CPU ISA", "compiled step: not available"):
         assert text in report
     assert "default (on for x86 CPUs)" not in report
     assert "pass" not in report.lower() and "fail" not in report.lower()
@@ -77,14 +82,60 @@ def test_cli_json():
     result = CliRunner().invoke(
         cli,
         ["benchmark", "--filters", "4", "--image-size", "16", "--batch-size", "8", "--steps", "2",
-         "--warmup", "1", "--json"],
+         "--warmup", "1", "--json", "--no-hlo"],
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["model"]["filters"] == 4 and all(v > 0 for v in out["images_per_second"].values())
+    assert out["compiled_step"] == {"available": False, "reason": "not counted (--no-hlo)"}
 
 
 def test_cli_reports_bad_configurations_in_one_line():
     result = CliRunner().invoke(cli, ["benchmark", "--filters", "6", "--steps", "1"])
     assert result.exit_code == 1
     assert "filters" in result.output and "Traceback" not in result.output
+
+
+COMPILED_STEP = """
+import json
+from click.testing import CliRunner
+from upanets_keras import hlo
+from upanets_keras.benchmark import format_report, prepare_model
+from upanets_keras_cli.main import cli
+
+result = CliRunner().invoke(cli, ["benchmark", "--filters", "4", "--image-size", "16", "--batch-size", "8",
+                                  "--steps", "1", "--warmup", "0", "--json"])
+assert result.exit_code == 0, result.output
+figures = json.loads(result.stdout)
+model, x, y, _, _ = prepare_model(filters=8, blocks=2, image_size=16, batch_size=8)  # twice the blocks
+model.train_on_batch(x, y)
+print(json.dumps({"figures": figures, "report": format_report(figures),
+                  "two_blocks": hlo.compiled_train_step(model, x, y)}))
+"""
+
+
+@pytest.mark.heavy
+def test_the_benchmark_counts_the_instructions_of_the_compiled_jax_step():
+    proc = subprocess.run([sys.executable, "-c", COMPILED_STEP], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    step, deeper = out["figures"]["compiled_step"], out["two_blocks"]
+    assert step["available"] and out["figures"]["versions"]["backend"] == "jax"
+    counts = ("hlo_instructions", "optimized_instructions", "entry_instructions", "fusions", "working_instructions")
+    assert all(type(step[k]) is int and step[k] > 0 for k in counts), step
+    assert step["fusions"] <= step["working_instructions"] <= step["entry_instructions"] < step["hlo_instructions"]
+    assert sum(step["entry_opcodes"].values()) == step["working_instructions"]
+    assert 0 < step["compile_seconds"] < out["figures"]["first_train_step_seconds"]  # the first step compiled it
+    assert type(step["persistent_cache_hits"]) is int and step["trace_seconds"] > 0
+    assert f"{step['entry_instructions']:,} top-level instructions, {step['fusions']:,} of them fusions" in out["report"]
+    # a second block adds its layers' ops: the counts grow with it
+    for key in counts:
+        assert deeper[key] > 1.3 * step[key], (key, deeper[key], step[key])
+
+
+@pytest.mark.slow  # XLA compiles TensorFlow's step twice, over a minute each on 2 cores: `make soak`
+def test_tensorflow_with_xla_counts_its_compiled_step_when_asked():
+    step = run_benchmark(**{**TINY, "steps": 1, "warmup": 0}, jit_compile="on", count_hlo=True)["compiled_step"]
+    assert step["available"] and step["source"].startswith("tf.function")
+    assert 0 < step["fusions"] <= step["working_instructions"] <= step["entry_instructions"] < step["hlo_instructions"]

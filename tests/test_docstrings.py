@@ -17,7 +17,7 @@ import upanets_keras
 # Docstrings whose example prints something other than it shows (strict xfails: once fixed, remove the entry).
 KNOWN_WRONG = set()
 # Examples that take over the fast tier's limit (see conftest.py): `make test` runs them.
-HEAVY = {"upanets_keras.benchmark.run_benchmark"}
+HEAVY = {"upanets_keras.benchmark.run_benchmark", "upanets_keras.hlo.compiled_train_step"}
 
 
 def docstrings_with_examples():

@@ -178,6 +178,29 @@ def test_layer_norm_gradient_matches_automatic_differentiation():
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(6, 4, 4, 5), (40, 7)])
+def test_jax_layer_norm_is_the_keras_ops_forward_with_the_gradient_of_automatic_differentiation(shape):
+    """The JAX backend's layer norm: the forward of the keras.ops formulation exactly, its closed-form gradient
+    within float32 round-off of automatic differentiation's."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from upanets_keras.kernels import jax_layer_norm
+
+    x, g = jnp.asarray(_rand(*shape) * 3 + 1), jnp.asarray(_rand(*shape, seed=1))
+
+    def layer_norm(x):  # ParameterFreeLayerNorm's keras.ops formulation, differentiated by JAX
+        features = tuple(range(1, x.ndim))
+        mean = jnp.mean(x, axis=features, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), axis=features, keepdims=True) + 1e-5)
+
+    # jitted: op by op, JAX would compile each of the few dozen primitives on its own
+    value_and_vjp = lambda f: jax.jit(lambda x: (f(x), jax.vjp(f, x)[1](g)[0]))  # noqa: E731
+    (y, ours), (expected, theirs) = value_and_vjp(lambda x: jax_layer_norm(x, 1e-5))(x), value_and_vjp(layer_norm)(x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=2e-5, atol=2e-5 * float(jnp.abs(theirs).max()))
+
+
 @pytest.mark.parametrize(
     "layer",
     [

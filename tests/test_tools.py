@@ -59,6 +59,59 @@ def test_gpu_run_driver_records_its_parts_and_the_ratios(tmp_path):
     assert inference["reference_best_mode"] == "bf16_channels_last" and inference["vs_reference_best"] == 4.0
 
 
+TRACED_STEPS = """
+import glob, json, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import jax, jax.numpy as jnp
+import gpu_run
+from upanets_keras import hlo
+
+@jax.jit
+def step(a, b):
+    return jnp.tanh(a @ b) @ b.T + jnp.sin(a).sum()
+
+a = b = jnp.ones((256, 256))
+step(a, b).block_until_ready()
+lowered = step.lower(a, b)
+counts = hlo.summarize(lowered.as_text(dialect="hlo"), lowered.compile().as_text())
+with tempfile.TemporaryDirectory() as folder:
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0
+    with jax.profiler.trace(folder, profiler_options=options):
+        for i in range(4):
+            with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                step(a, b).block_until_ready()
+    summary = gpu_run.summarize_trace(glob.glob(folder + "/**/*.xplane.pb", recursive=True)[0])
+print(json.dumps({"counts": counts, "summary": summary}))
+"""
+
+
+@pytest.mark.heavy
+def test_gpu_run_profile_summary_counts_the_ops_of_each_traced_step():
+    """The profile part's trace summary on the CPU: one entry per annotated step, each with the compiled
+    program's working instructions as its ops (XLA CPU thunks), and the step's wall time split into parts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([
+        str(TOOLS.parent / "tests" / "no_tensorflow"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", TRACED_STEPS, str(TOOLS)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary, working = out["summary"], out["counts"]["working_instructions"]
+    assert summary["traced_steps"] == len(summary["per_step"]) == 4 and "thunks" in summary["ops_source"]
+    for step in summary["per_step"]:
+        assert step["ops"] == working > 0
+        assert 0 < step["busy_ms"] <= step["wall_ms"]
+        parts = step["busy_ms"] + step["idle_ms"] + step["host_before_ms"] + step["host_after_ms"]
+        assert parts == pytest.approx(step["wall_ms"], rel=1e-6)
+    assert summary["per_step_median"]["ops"] == working
+    assert sum(op["share"] for op in summary["top_ops"]) == pytest.approx(1.0)
+
+
 @pytest.mark.slow  # three training processes: `make soak`
 def test_transfer_tables_fine_tune_digits_5_9_from_a_0_4_model_against_scratch(tmp_path, capsys):
     tables = load("transfer_tables")

@@ -6,10 +6,19 @@ lacks and builds this project's wheel into a folder that travels with the
 run; `run` (there) installs them into a temporary folder, then measures, each
 part in its own process (a crash or a hang loses one part, not the run):
 
+- `profile` (first): one `jax.profiler` trace of a few upanets16 mixed_bfloat16
+  training steps at each batch, summarised: device ops (kernels) per step,
+  the device's busy time against the step's wall time (the gaps), the host's
+  time before the first and after the last op, the compiled step's HLO counts
+  and compile time (`upanets_keras.hlo`); the traces go to OUT/profile/. On
+  the CPU (`--quick`) the "device ops" are the XLA CPU thunks the host's
+  threads ran. Its compilations stay in JAX's persistent cache, where the
+  keras part finds them;
 - `keras`: `upanets_keras.benchmark.run_benchmark` (what `upanets-keras
   benchmark` prints) for each variant x batch x precision: training and
-  inference images/s, the first step's compile time, the input pipeline's
-  images/s from a disk cache;
+  inference images/s, the first step's compile time (read back from the
+  persistent cache where the profile part compiled the same step), the
+  input pipeline's images/s from a disk cache;
 - `reference`: the reference `models/upanets.py` on the same GPU and the same
   synthetic batches: float32 eager (as published, cudnn.benchmark on), bf16
   autocast with channels_last, and `torch.compile` where time allows;
@@ -183,7 +192,131 @@ def epoch_worker(args):
                                                            verbose=0, return_dict=True)["loss"]))}
 
 
-WORKERS = {"keras": keras_worker, "reference": reference_worker, "epoch": epoch_worker}
+def profile_worker(args):
+    """One `jax.profiler` trace of a few training steps per batch and precision, summarised (`summarize_trace`).
+
+    Also the compiled step's HLO counts and compile time (`upanets_keras.hlo`),
+    the untraced wall time per step, and the trace itself gzipped under
+    `--trace-dir` (to be read again where the summary falls short).
+    """
+    results = []
+    for batch in args.batch:
+        for precision in args.precision:
+            try:
+                results.append(_profile(args, batch, precision))
+            except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
+                results.append({"variant": args.variant, "batch_size": batch, "precision": precision,
+                                "error": f"{type(e).__name__}: {str(e)[:500]}"})
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "top_ops"}), file=sys.stderr, flush=True)
+    return results
+
+
+def _profile(args, batch, precision):
+    import gzip
+    import shutil
+    import statistics
+
+    import jax
+
+    from upanets_keras import hlo
+    from upanets_keras.benchmark import device_description, prepare_model
+    from upanets_keras.variants import variant_config
+
+    spec = variant_config(args.variant)
+    # as run_benchmark builds it, so that the keras part finds this compilation in JAX's persistent cache
+    model, x, y, policy, _ = prepare_model(spec["filters"], spec["blocks"], 10, batch, args.image_size, precision,
+                                           name=args.variant)
+    with hlo.watch_compiles() as compiles:
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        first = time.perf_counter() - start
+    counts = {**hlo.compiled_train_step(model, x, y), **compiles}
+    untraced = time_calls(lambda: model.train_on_batch(x, y), args.warmup, args.steps)
+    folder = os.path.join(args.trace_dir, f"{args.variant}_b{batch}_{policy}")
+    shutil.rmtree(folder, ignore_errors=True)
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0  # Keras' Python, call by call, would swamp the trace and slow the steps
+    with jax.profiler.trace(folder, profiler_options=options):
+        for step in range(args.steps):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                model.train_on_batch(x, y)
+    path = max(glob.glob(os.path.join(folder, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    with open(path, "rb") as raw, gzip.open(os.path.join(args.trace_dir, os.path.basename(folder) + ".xplane.pb.gz"),
+                                            "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    try:
+        summary = summarize_trace(path)
+    except Exception as e:  # noqa: BLE001 - e.g. a JAX without ProfileData: the counts and the trace still count
+        summary = {"summary_error": f"{type(e).__name__}: {str(e)[:500]}"}
+    shutil.rmtree(folder)
+    return {"variant": args.variant, "batch_size": batch, "precision": policy, "device": device_description(),
+            "first_train_step_seconds": first, "untraced_step_ms": statistics.median(untraced) * 1e3,
+            "compiled_step": counts, **summary}
+
+
+# Lines of a GPU plane that the profiler derives from the others (their events would count kernels twice).
+DERIVED_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework", "Source", "TensorFlow", "Launch")
+
+
+def summarize_trace(path, step_name="train"):
+    """Per traced step (the `StepTraceAnnotation`s named `step_name`): the ops the device ran and the gaps.
+
+    On a GPU the device's ops are the events of its planes' stream lines
+    (kernels, copies); on the CPU (no device plane) they are the XLA thunks
+    the host's threads ran, the events with an `hlo_op` stat. For each step:
+    `ops` (how many), `busy_ms` (the union of their intervals), `idle_ms`
+    (the device idle between its first and last op), `host_before_ms` (from
+    the step's start to its first op: Keras' Python and the dispatch) and
+    `host_after_ms` (from its last op to the step's end: the results back to
+    Python), with `wall_ms` = the four added; the median of each over the
+    steps, and the ops that took the most device time.
+    """
+    import collections
+    import statistics
+
+    from jax.profiler import ProfileData
+
+    planes = list(ProfileData.from_file(path).planes)
+    steps = []
+    for plane in planes:
+        for line in plane.lines:
+            steps += [(e.start_ns, e.end_ns) for e in line.events
+                      if e.name == step_name and any(k == "step_num" for k, _ in e.stats)]
+    steps.sort()
+    devices = [p for p in planes if p.name.startswith("/device:")]
+    if devices:
+        lines = [line for p in devices for line in p.lines if not line.name.startswith(DERIVED_LINES)]
+        streams = [line for line in lines if line.name.startswith("Stream")]
+        ops = [e for line in (streams or lines) for e in line.events]
+        source = "device planes: " + ", ".join(sorted({p.name for p in devices}))
+    else:
+        ops = [e for p in planes if p.name.startswith("/host:") for line in p.lines for e in line.events
+               if any(k == "hlo_op" for k, _ in e.stats)]
+        source = "host: the XLA CPU thunks (events with an hlo_op stat)"
+    per_step, names = [], collections.Counter()
+    for start, end in steps:
+        inside = sorted((e.start_ns, e.end_ns, e.name) for e in ops if start <= e.start_ns < end)
+        if not inside:
+            per_step.append({"ops": 0, "wall_ms": (end - start) / 1e6})
+            continue
+        busy, reach = 0.0, inside[0][0]
+        for a, b, name in inside:
+            busy += max(0.0, b - max(a, reach))
+            reach = max(reach, b)
+            names[name] += b - a
+        first, last = inside[0][0], reach
+        per_step.append({"ops": len(inside), "wall_ms": (end - start) / 1e6, "busy_ms": busy / 1e6,
+                         "idle_ms": (last - first - busy) / 1e6, "host_before_ms": (first - start) / 1e6,
+                         "host_after_ms": max(0.0, end - last) / 1e6})
+    keys = ("ops", "wall_ms", "busy_ms", "idle_ms", "host_before_ms", "host_after_ms")
+    median = {k: statistics.median(s[k] for s in per_step) for k in keys if per_step and all(k in s for s in per_step)}
+    total = sum(names.values()) or 1
+    return {"ops_source": source, "traced_steps": len(steps), "per_step_median": median, "per_step": per_step,
+            "top_ops": [{"name": n[:120], "ms_per_step": t / 1e6 / max(len(steps), 1), "share": t / total}
+                        for n, t in names.most_common(12)]}
+
+
+WORKERS = {"keras": keras_worker, "reference": reference_worker, "epoch": epoch_worker, "profile": profile_worker}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -318,6 +451,12 @@ def run_all(args):
     me = [sys.executable, os.path.abspath(__file__)]
     common = ["--image-size", str(size), *steps, "--batch", *batches]
     ref = ["--reference", args.reference] if args.reference else []
+    # First, and short: the step's fixed cost (issue 38). Its compilations stay in JAX's persistent cache, where
+    # the keras part finds them (the same programs), so the part costs the run little more than its traces.
+    run.part("profile_upanets16", [*me, "worker", "profile", "--variant", "upanets16", "--image-size", str(size),
+                                   "--batch", *(["8"] if quick else args.batches), "--precision", "mixed_bfloat16",
+                                   "--steps", "3" if quick else "5", "--warmup", "1" if quick else "3",
+                                   "--trace-dir", os.path.join(args.out, "profile")], env, 240)
     variants = ["upanets16"] if quick else ["upanets16", "upanets64"]
     for variant in variants:  # the side-by-side figures first: they are what the run is for
         run.part(f"keras_{variant}", [*me, "worker", "keras", "--variant", variant, *common,
@@ -373,6 +512,8 @@ def main(argv=None):
     w.add_argument("--images", type=int, default=50000)
     w.add_argument("--epochs", type=int, default=2)
     w.add_argument("--reference")
+    w.add_argument("--trace-dir", default=os.path.join(tempfile.gettempdir(), "upanets-profile"),
+                   help="where the profile part writes its gzipped traces")
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return fetch(args)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from upanets_keras import backend, determinism, runtime
+from upanets_keras import backend, determinism, hlo, runtime
 from upanets_keras import data as data_lib
 from upanets_keras.data.inputs import uses_tf_data
 from upanets_keras.defaults import CIFAR_MEAN, CIFAR_STD
@@ -177,6 +177,7 @@ def run_benchmark(
     cache="memory",
     cache_dir=None,
     exported=(),
+    count_hlo=None,
 ):
     """Time a training step, inference and the input pipeline, in images per second.
 
@@ -204,6 +205,11 @@ def run_benchmark(
         exported: also time inference of the model exported to these formats
             (`litert`, `onnx`, `saved_model`), each run by its own runtime as
             `evaluate` runs it (needs the `export` extra for litert and onnx).
+        count_hlo: count the compiled training step's HLO instructions and
+            fusions (`upanets_keras.hlo`, `compiled_step` in the result).
+            `None`: unless that costs a second compilation (TensorFlow with
+            XLA on); JAX finds the step it compiled in its cache. `True` counts
+            there too; `False` never.
 
     Returns:
         A dict of the figures and the setup (device, versions, threads).
@@ -230,9 +236,17 @@ def run_benchmark(
     model, x, y, policy, jit = prepare_model(
         filters, blocks, num_classes, batch_size, image_size, precision, jit_compile, seed, variant
     )
-    start = time.perf_counter()
-    model.train_on_batch(x, y)  # traces and compiles the step
-    first_step = time.perf_counter() - start
+    with hlo.watch_compiles() as compiles:
+        start = time.perf_counter()
+        model.train_on_batch(x, y)  # traces and compiles the step
+        first_step = time.perf_counter() - start
+    if count_hlo is False:
+        compiled_step = hlo.unavailable("not counted (--no-hlo)")
+    elif count_hlo is None and jit and backend.name() == "tensorflow":
+        compiled_step = hlo.unavailable("not counted: on TensorFlow counting compiles the XLA step once more "
+                                        "(--hlo counts it)")
+    else:
+        compiled_step = {**hlo.compiled_train_step(model, x, y), **compiles}
     train = time_calls(lambda: model.train_on_batch(x, y), max(warmup - 1, 0), steps)
     infer = time_calls(lambda: model.predict_on_batch(x), warmup, steps)
     pipeline = time_input_pipeline(batch_size, image_size, num_classes, warmup, steps, seed, cache, cache_dir)
@@ -258,6 +272,7 @@ def run_benchmark(
         "images_per_second": rates,
         "train_step_seconds": statistics.median(train),
         "first_train_step_seconds": first_step,
+        "compiled_step": compiled_step,
         "cifar_epoch_seconds": CIFAR_EPOCH / rates["train"],
         "pipeline_to_train_ratio": rates["input_pipeline"] / rates["train"],
         "exported": {
@@ -303,6 +318,7 @@ def format_report(figures):
         f"{figures['first_train_step_seconds']:.1f} s); "
         f"one CIFAR epoch ({CIFAR_EPOCH:,} images): {figures['cifar_epoch_seconds']:.1f} s; "
         f"input pipeline / training: {figures['pipeline_to_train_ratio']:.1f}x",
+        hlo.describe(figures["compiled_step"]),
         f"device: {figures['device']}"
         + (f"; load average {figures['load_average'][0]:.2f}" if figures.get("load_average") else ""),
         f"threads: inter-op {threads['inter_op']}, intra-op {threads['intra_op']} (0 = default), "
