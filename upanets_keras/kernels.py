@@ -49,9 +49,9 @@ def fused_batch_norm(x, scale, offset, mean, variance, epsilon, training, moment
 
     A bfloat16 `x` whose channels are not a multiple of `BFLOAT16_BN_CHANNELS` is normalised in
     float32 (cast in, cast back): oneDNN has no bfloat16 JIT kernel for those and runs its reference
-    C++ code, 20-140x slower in oneDNN's own timings (UPANets' 4- and 8-channel layers made a mixed_bfloat16 step slower than
-    float32); other bfloat16 inputs run oneDNN's bfloat16 kernel, faster than casting
-    (docs/PERFORMANCE.md).
+    C++ code, 20-140x slower in oneDNN's own timings (UPANets' 4- and 8-channel layers made a
+    mixed_bfloat16 step slower than float32); other bfloat16 inputs run oneDNN's bfloat16 kernel,
+    faster than casting (docs/PERFORMANCE.md).
 
     Returns:
         `(y, mean, variance)`, `y` of `x`'s dtype; in training the batch
