@@ -10,6 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from upanets_keras.training import resolve_precision
 from upanets_keras_cli.main import cli
 
 TINY = ["train", "--dataset", "digits", "--filters", "4", "--image-size", "16", "--batch-size", "64"]
@@ -94,7 +95,7 @@ def test_mlflow_records_config_epochs_results_and_model_and_a_resumed_run_goes_o
     assert client.get_experiment(tracked.info.experiment_id).name == "upanets-test"
     params = tracked.data.params
     assert params["run.filters"] == "4" and params["run.batch_size"] == "64" and params["dataset.name"] == "digits"
-    assert params["precision"] == "float32" and params["versions.keras"]
+    assert params["precision"] == resolve_precision("auto") and params["versions.keras"]
     val = client.get_metric_history(run_id, "val_accuracy")
     assert [m.step for m in val] == [1] and val[0].value == pytest.approx(float(history(out)[0]["val_accuracy"]))
     metrics = json.loads((out / "metrics.json").read_text())

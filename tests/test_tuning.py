@@ -298,7 +298,7 @@ def snapshot(root):
 
 @pytest.mark.heavy
 def test_one_search_per_project_a_dead_holder_is_taken_over_and_a_finished_one_is_left_as_is(tmp_path):
-    args = ["tune", *TINY, "--filters", "4,8", "--max-trials", "2", "--directory", str(tmp_path),
+    args = ["tune", *TINY, "--filters", "4,8", "--max-trials", "1", "--directory", str(tmp_path),
             "--project-name", "p"]
     first = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
