@@ -389,7 +389,9 @@ def test_a_search_saved_before_trials_were_runs_is_refused_in_one_line(tmp_path)
     assert "--overwrite" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.heavy
+# Two minutes: `make soak`. In `make test`, tune's resume is test_tune_end_to_end_with_budget_resume_and_safe_loading,
+# a trial is a train() run, and train's mid-epoch kills resume exactly (test_recipe.py, test_training.py).
+@pytest.mark.slow
 def test_modern_fine_tuning_search_a_trial_killed_mid_epoch_resumes_and_the_retraining_is_a_train_run(tmp_path):
     """tune --recipe modern --init-from --freeze-epochs 1: the trial's config.json, a kill mid-epoch, resume, retraining."""
     from upanets_keras.model import build_upanets
